@@ -1,0 +1,1 @@
+"""Thin RQ job functions; the work lives in the portal's domain modules."""

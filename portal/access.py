@@ -1,0 +1,46 @@
+"""Who may see what: administrators only in Settings, and never another organization's data."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from flask import abort
+from flask_login import current_user, login_required
+from sqlalchemy import select
+
+from .extensions import db, login_manager
+from .models import CrmIntegration, User
+
+
+@login_manager.user_loader
+def load_user(user_id: str) -> User | None:
+    """Flask-Login's loader."""
+    return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+
+
+def admin_required(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Signed-in administrators only; members get the 403 page (P2)."""
+
+    @functools.wraps(fn)
+    @login_required
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if not current_user.is_admin:
+            abort(403)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def own_integration(integration_id: int) -> CrmIntegration:
+    """The signed-in user's organization's integration, or 404 — never another tenant's (P3)."""
+    found = db.session.scalar(
+        select(CrmIntegration).where(
+            CrmIntegration.id == integration_id,
+            CrmIntegration.organization_id == current_user.organization_id,
+        )
+    )
+    if found is None:
+        abort(404)
+    return found

@@ -1,0 +1,95 @@
+"""Every setting of the portal, read from the environment, with defaults for the embedded setup."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str = "") -> str:
+    """Return an environment variable stripped of blanks, or the default when unset or empty."""
+    value = os.environ.get(name, "").strip()
+    return value or default
+
+
+def env_int(name: str, default: int) -> int:
+    """Return an environment variable as an integer, refusing garbage with a clear message."""
+    raw = env_str(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise RuntimeError(f"{name} must be a whole number, not {raw!r}") from exc
+
+
+def env_bool(name: str, default: bool) -> bool:
+    """Return an environment variable as a boolean (1/true/yes/on)."""
+    raw = env_str(name).lower()
+    if not raw:
+        return default
+    return raw in {"1", "true", "yes", "on"}
+
+
+def instance_path() -> Path:
+    """Folder for the local database, keys and the embedded Redis (``PORTAL_INSTANCE_PATH``)."""
+    path = Path(env_str("PORTAL_INSTANCE_PATH", str(PROJECT_ROOT / "instance")))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _file_secret(path: Path, make: callable, what: str) -> str:
+    """Read a generated secret from the instance folder, creating it (mode 600) on first run."""
+    if path.exists():
+        return path.read_text().strip()
+    value = make()
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+    log.warning("%s is not set: generated one into %s (set it in the environment in production)", what, path)
+    return value
+
+
+def load_config(overrides: dict | None = None) -> dict:
+    """Build the Flask configuration from the environment, then apply explicit overrides."""
+    inst = instance_path()
+    overrides = dict(overrides or {})
+    cfg: dict = {
+        "INSTANCE_PATH": str(inst),
+        "SQLALCHEMY_DATABASE_URI": env_str("DATABASE_URL", f"sqlite:///{inst / 'portal.sqlite3'}"),
+        "REDIS_URL": env_str("REDIS_URL"),
+        "PLATFORM_NAME": env_str("PLATFORM_NAME", "ZiftONE"),
+        "CRM_ALLOWED_NETWORKS": env_str("CRM_ALLOWED_NETWORKS"),
+        "SMTP_HOST": env_str("SMTP_HOST"),
+        "SMTP_PORT": env_int("SMTP_PORT", 25),
+        "SMTP_FROM": env_str("SMTP_FROM", "portal@localhost"),
+        "LOGIN_MAX_FAILURES": env_int("LOGIN_MAX_FAILURES", 5),
+        "LOGIN_LOCKOUT_SECONDS": env_int("LOGIN_LOCKOUT_SECONDS", 300),
+        "SESSION_COOKIE_SECURE": env_bool("SESSION_COOKIE_SECURE", False),
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "WTF_CSRF_TIME_LIMIT": None,  # pages stay open for long; the token is tied to the session instead
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "WORKER_STALE_SECONDS": env_int("WORKER_STALE_SECONDS", 5),
+    }
+    cfg.update(overrides)
+    if "SECRET_KEY" not in cfg:
+        cfg["SECRET_KEY"] = env_str("SECRET_KEY") or _file_secret(
+            inst / "secret_key", lambda: secrets.token_urlsafe(48), "SECRET_KEY"
+        )
+    if "PORTAL_ENCRYPTION_KEYS" not in cfg:
+        cfg["PORTAL_ENCRYPTION_KEYS"] = env_str("PORTAL_ENCRYPTION_KEYS") or _file_secret(
+            inst / "encryption_keys", lambda: Fernet.generate_key().decode(), "PORTAL_ENCRYPTION_KEYS"
+        )
+    cfg["SESSION_COOKIE_SECURE"] = cfg["SESSION_COOKIE_SECURE"] or cfg.get("PREFERRED_URL_SCHEME") == "https"
+    cfg["REMEMBER_COOKIE_SECURE"] = cfg["SESSION_COOKIE_SECURE"]
+    return cfg

@@ -1,0 +1,389 @@
+"""The portal's data: organizations, users, CRM integrations, background jobs and the audit log."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from datetime import UTC, datetime
+
+from flask_login import UserMixin
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Integer,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    select,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from . import catalog
+from .extensions import db
+
+
+def utcnow() -> datetime:
+    """The current time in UTC, timezone-aware."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored in UTC that always comes back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):  # noqa: D102 - SQLAlchemy hook
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value, dialect):  # noqa: D102 - SQLAlchemy hook
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+def render_item(type_: str, obj, autogen_context):
+    """Alembic hook: write ``UTCDateTime`` columns as plain ``sa.DateTime`` so migrations import nothing of ours."""
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
+class OrgKind(enum.StrEnum):
+    """Suppliers run channel programs; partners resell (P1)."""
+
+    supplier = "supplier"
+    partner = "partner"
+
+
+class Role(enum.StrEnum):
+    """Administrators reach Settings; members do not (P2)."""
+
+    admin = "admin"
+    member = "member"
+
+
+partner_suppliers = Table(
+    "partner_suppliers",
+    db.metadata,
+    Column("partner_id", ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
+    Column("supplier_id", ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class Organization(db.Model):
+    """A supplier or a partner: the unit of tenancy."""
+
+    __tablename__ = "organizations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[OrgKind] = mapped_column(Enum(OrgKind, name="org_kind", native_enum=False, length=20))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    suppliers: Mapped[list[Organization]] = relationship(
+        secondary=partner_suppliers,
+        primaryjoin=lambda: Organization.id == partner_suppliers.c.partner_id,
+        secondaryjoin=lambda: Organization.id == partner_suppliers.c.supplier_id,
+        back_populates="partners",
+        order_by=lambda: Organization.name,
+    )
+    partners: Mapped[list[Organization]] = relationship(
+        secondary=partner_suppliers,
+        primaryjoin=lambda: Organization.id == partner_suppliers.c.supplier_id,
+        secondaryjoin=lambda: Organization.id == partner_suppliers.c.partner_id,
+        back_populates="suppliers",
+        order_by=lambda: Organization.name,
+    )
+
+    @property
+    def is_supplier(self) -> bool:
+        """True for suppliers."""
+        return self.kind == OrgKind.supplier
+
+
+class User(UserMixin, db.Model):
+    """A person who signs in; belongs to one organization."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[Role] = mapped_column(Enum(Role, name="user_role", native_enum=False, length=20))
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    organization: Mapped[Organization] = relationship(lazy="joined")
+
+    def set_password(self, password: str) -> None:
+        """Hash the password with scrypt (Werkzeug's default KDF)."""
+        self.password_hash = generate_password_hash(password, method="scrypt")
+
+    def check_password(self, password: str) -> bool:
+        """True when the password matches the stored hash."""
+        return check_password_hash(self.password_hash, password)
+
+    @property
+    def is_admin(self) -> bool:
+        """True for administrators."""
+        return self.role == Role.admin
+
+
+class IntegrationState(enum.StrEnum):
+    """What the listing shows for an integration."""
+
+    off = "Off"
+    on = "On"
+    error = "Error"
+
+
+class CrmIntegration(db.Model):
+    """One organization's connection to one CRM, with every setting of G1–G4 and its health."""
+
+    __tablename__ = "crm_integrations"
+    __table_args__ = (UniqueConstraint("organization_id", "kind", name="uq_crm_integrations_org_kind"),)
+
+    # Fields whose change needs a new passing connection test before the integration may stay On.
+    CONNECTION_FIELDS = ("username", "org_url", "odata_url", "domain", "organization_name", "password_encrypted")
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(40), default=catalog.DYNAMICS)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    # G1 General Settings
+    supplier_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id", ondelete="SET NULL"))
+    record_leads_as: Mapped[str] = mapped_column(String(20), default="lead")
+
+    # G2 CRM Connection Settings
+    username: Mapped[str] = mapped_column(String(200), default="")
+    password_encrypted: Mapped[str | None] = mapped_column(Text)
+    org_url: Mapped[str] = mapped_column(String(500), default="")
+    odata_url: Mapped[str] = mapped_column(String(500), default="")
+    domain: Mapped[str] = mapped_column(String(200), default="")
+    organization_name: Mapped[str] = mapped_column(String(200), default="")
+    connection_saved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # G3 Usage Profile: Marketing Automation
+    marketing_automation: Mapped[bool] = mapped_column(Boolean, default=False)
+    ma_pull_contacts: Mapped[bool] = mapped_column(Boolean, default=False)
+    ma_sync_leads: Mapped[bool] = mapped_column(Boolean, default=True)
+    ma_score_threshold: Mapped[int] = mapped_column(Integer, default=50)
+    ma_allow_field_updates: Mapped[bool] = mapped_column(Boolean, default=False)
+    ma_pull_opportunities: Mapped[bool] = mapped_column(Boolean, default=True)
+    # G3 Usage Profile: Lead Distribution
+    lead_distribution: Mapped[bool] = mapped_column(Boolean, default=False)
+    ld_sync_supplier_leads: Mapped[bool] = mapped_column(Boolean, default=True)
+    ld_allow_field_updates: Mapped[bool] = mapped_column(Boolean, default=False)
+    ld_pull_opportunities: Mapped[bool] = mapped_column(Boolean, default=True)
+    ld_custom_fields_in_notes: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    # G4 Advanced General Options
+    event_types_json: Mapped[str] = mapped_column(Text, default=lambda: json.dumps(catalog.DEFAULT_EVENT_TYPES))
+    create_campaigns: Mapped[bool] = mapped_column(Boolean, default=False)
+    campaign_data_level: Mapped[str] = mapped_column(String(20), default="basic")
+
+    # Health: the last connection test, the banner and the authentication-failure count (L2, L3)
+    last_test_ok: Mapped[bool | None] = mapped_column(Boolean)
+    last_test_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_test_message: Mapped[str] = mapped_column(Text, default="")
+    last_test_fingerprint: Mapped[str] = mapped_column(String(64), default="")
+    error_code: Mapped[str] = mapped_column(String(40), default="")
+    error_message: Mapped[str] = mapped_column(Text, default="")
+    error_action: Mapped[str] = mapped_column(Text, default="")
+    error_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    auth_failures: Mapped[int] = mapped_column(Integer, default=0)
+    auth_failure_limit: Mapped[int] = mapped_column(Integer, default=3)
+    lead_source_value: Mapped[int | None] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+
+    organization: Mapped[Organization] = relationship(foreign_keys=[organization_id])
+    supplier: Mapped[Organization | None] = relationship(foreign_keys=[supplier_id])
+
+    @property
+    def label(self) -> str:
+        """The CRM's name as the listing shows it."""
+        return catalog.CRM_KINDS.get(self.kind, self.kind)
+
+    @property
+    def event_types(self) -> list[str]:
+        """The selected lead event types (G4)."""
+        try:
+            return [k for k in json.loads(self.event_types_json or "[]") if k in catalog.EVENT_TYPE_KEYS]
+        except ValueError:
+            return []
+
+    @event_types.setter
+    def event_types(self, keys: list[str]) -> None:
+        self.event_types_json = json.dumps([k for k in catalog.EVENT_TYPE_KEYS if k in set(keys)])
+
+    @property
+    def has_password(self) -> bool:
+        """True when a CRM password is stored."""
+        return bool(self.password_encrypted)
+
+    @property
+    def connection_complete(self) -> bool:
+        """True when every required connection setting is saved."""
+        return bool(self.username and self.has_password and self.org_url)
+
+    def connection_fingerprint(self) -> str:
+        """A digest of the saved connection settings, to tell whether a test passed on these settings."""
+        parts = [str(getattr(self, f) or "") for f in self.CONNECTION_FIELDS]
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+    @property
+    def test_passed_on_saved_settings(self) -> bool:
+        """True when the last connection test passed on the settings as they are saved now (L2)."""
+        return bool(self.last_test_ok) and self.last_test_fingerprint == self.connection_fingerprint()
+
+    def switch_on_refusal(self) -> str | None:
+        """Why the integration cannot be switched On now, or None when it can (L2)."""
+        if not self.connection_complete:
+            return (
+                "Save the CRM Connection Settings first (username, password and Organization Web Service URL), "
+                "then use Save and Test CRM Connection."
+            )
+        if self.last_test_ok is None:
+            return "Test the connection first: open Edit Settings and use Save and Test CRM Connection."
+        if not self.last_test_ok:
+            return "The last connection test failed: fix the settings and run Save and Test CRM Connection again."
+        if not self.test_passed_on_saved_settings:
+            return (
+                "The connection settings changed since the last passing test: "
+                "run Save and Test CRM Connection again."
+            )
+        return None
+
+    @property
+    def state(self) -> IntegrationState:
+        """Off, On or Error, as the listing shows it."""
+        if self.error_code:
+            return IntegrationState.error
+        return IntegrationState.on if self.enabled else IntegrationState.off
+
+    def set_error(self, code: str, message: str, action: str) -> None:
+        """Raise the banner under the listing row (L3)."""
+        self.error_code, self.error_message, self.error_action = code, message, action
+        self.error_at = utcnow()
+
+    def clear_error(self) -> None:
+        """Lower the banner after a success."""
+        self.error_code = self.error_message = self.error_action = ""
+        self.error_at = None
+
+
+class JobStatus(enum.StrEnum):
+    """Where a background job is."""
+
+    queued = "queued"
+    started = "started"
+    finished = "finished"
+    failed = "failed"
+
+
+class BackgroundJob(db.Model):
+    """A row per RQ job, keyed by its id, so pages ask SQL, not Redis, what is running."""
+
+    __tablename__ = "background_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40), index=True)
+    organization_id: Mapped[int | None] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    integration_id: Mapped[int | None] = mapped_column(
+        ForeignKey("crm_integrations.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[JobStatus] = mapped_column(
+        Enum(JobStatus, name="job_status", native_enum=False, length=20), default=JobStatus.queued
+    )
+    steps_json: Mapped[str] = mapped_column(Text, default="[]")
+    result_json: Mapped[str] = mapped_column(Text, default="{}")
+    message: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    @property
+    def steps(self) -> list[dict]:
+        """Steps reported so far, in order."""
+        return json.loads(self.steps_json or "[]")
+
+    @property
+    def result(self) -> dict:
+        """The job's result once finished."""
+        return json.loads(self.result_json or "{}")
+
+    @property
+    def done(self) -> bool:
+        """True once the job finished or failed."""
+        return self.status in (JobStatus.finished, JobStatus.failed)
+
+
+class AuditLog(db.Model):
+    """Who changed which settings and when; never the value of a secret."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    integration_id: Mapped[int | None] = mapped_column(ForeignKey("crm_integrations.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(80))
+    fields_json: Mapped[str] = mapped_column(Text, default="[]")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+
+    user: Mapped[User | None] = relationship()
+
+    @property
+    def fields(self) -> list[str]:
+        """Names of the fields changed."""
+        return json.loads(self.fields_json or "[]")
+
+
+class Notice(db.Model):
+    """An in-portal notice for an organization's administrators (e.g. an integration switched Off)."""
+
+    __tablename__ = "notices"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    dismissed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+def audit(user: User | None, org_id: int, action: str, fields: list[str], integration_id: int | None = None) -> None:
+    """Record a settings change (field names only; never values)."""
+    db.session.add(
+        AuditLog(
+            organization_id=org_id,
+            user_id=user.id if user else None,
+            integration_id=integration_id,
+            action=action,
+            fields_json=json.dumps(sorted(fields)),
+        )
+    )
+
+
+def integration_for(org: Organization, kind: str = catalog.DYNAMICS) -> CrmIntegration:
+    """The organization's integration of this kind, created with defaults on first use."""
+    found = db.session.scalar(
+        select(CrmIntegration).where(CrmIntegration.organization_id == org.id, CrmIntegration.kind == kind)
+    )
+    if found is None:
+        found = CrmIntegration(organization_id=org.id, kind=kind)
+        db.session.add(found)
+        db.session.flush()
+    return found

@@ -1,0 +1,117 @@
+"""``make run``: migrate, seed the demo, and serve the portal with its worker, Redis and the sandbox CRM."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from .config import PROJECT_ROOT, instance_path
+from .embedded import EmbeddedRedis, free_port
+
+log = logging.getLogger("portal.serve")
+
+
+def _wait_http(url: str, timeout: float = 20.0) -> None:
+    """Wait until a URL answers at all (any status)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            requests.get(url, timeout=0.5, allow_redirects=False).close()
+            return
+        except requests.RequestException:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start everything, print the address and the logins, and stop it all on Ctrl-C."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default=os.environ.get("PORTAL_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORTAL_PORT", "8000")))
+    parser.add_argument("--no-sandbox", action="store_true", help="do not start the sandbox CRM")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    inst = instance_path()
+    children: list[subprocess.Popen] = []
+    redis_server = None
+    env = dict(os.environ)
+    try:
+        if not env.get("REDIS_URL"):
+            redis_server = EmbeddedRedis(inst / "redis").start()
+            env["REDIS_URL"] = redis_server.url
+            print(f"* Redis: embedded {redis_server.how} at {redis_server.url}")
+        else:
+            print(f"* Redis: {env['REDIS_URL']} (from REDIS_URL)")
+        sandbox = None
+        if not args.no_sandbox:
+            from sandbox.testing import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
+
+            port = int(env.get("SANDBOX_PORT", "0")) or free_port()
+            data = inst / "sandbox"
+            children.append(subprocess.Popen(  # noqa: S603 - our own module
+                [sys.executable, "-m", "sandbox", "--port", str(port), "--data-dir", str(data), "--seed"],
+                cwd=PROJECT_ROOT, env=env,
+            ))
+            base = f"http://127.0.0.1:{port}"
+            _wait_http(base + "/_sandbox/faults")
+            sandbox = {
+                "org_url": f"{base}/demo/XRMServices/2011/Organization.svc/web",
+                "odata_url": f"{base}/demo/api/data/v8.2/",
+                "username": DEFAULT_USER, "domain": DEFAULT_DOMAIN, "password": DEFAULT_PASSWORD,
+            }
+            if not env.get("CRM_ALLOWED_NETWORKS"):
+                # The demo CRM runs on this machine; real deployments leave loopback refused.
+                env["CRM_ALLOWED_NETWORKS"] = "127.0.0.0/8,::1/128"
+                print("* CRM_ALLOWED_NETWORKS=127.0.0.0/8,::1/128 so the portal may reach the local sandbox CRM")
+            print(f"* Sandbox CRM: {sandbox['org_url']} (user {DEFAULT_DOMAIN}\\{DEFAULT_USER})")
+        os.environ.update(env)
+
+        from . import create_app
+        from .cli import seed_demo_data
+
+        app = create_app()
+        with app.app_context():
+            from flask_migrate import upgrade
+
+            upgrade()
+            logins = seed_demo_data(sandbox)
+        print(f"* Database: {app.config['SQLALCHEMY_DATABASE_URI']} (migrated)")
+
+        children.append(subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=PROJECT_ROOT, env=env))  # noqa: S603
+        print("* Worker: started (queues: connection-tests, push, default, nightly)")
+
+        url = f"http://{args.host}:{args.port}/"
+        print(f"\nThe portal is at {url}  (Ctrl-C stops everything)\nDemo logins:")
+        for email, password, role, org in logins:
+            print(f"  {email:<26} {password:<22} {role:<7} {org}")
+        sys.stdout.flush()
+        from waitress import serve
+
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        serve(app, host=args.host, port=args.port, threads=8, ident="portal")
+    except KeyboardInterrupt:
+        print("\nStopping…")
+    finally:
+        for child in reversed(children):
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if redis_server:
+            redis_server.stop()
+        print("Stopped the portal, its worker, the sandbox and the embedded Redis.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

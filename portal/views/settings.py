@@ -1,0 +1,123 @@
+"""Settings > CRM Settings: the listing, the On/Off switch and the worker health check."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, make_response, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import select
+
+from .. import catalog, jobs_state
+from ..access import admin_required, own_integration
+from ..extensions import db
+from ..forms import CsrfOnlyForm, ToggleForm
+from ..models import BackgroundJob, CrmIntegration, audit, integration_for
+from ..queues import QUEUE_DEFAULT
+
+bp = Blueprint("settings", __name__, url_prefix="/settings")
+
+
+def is_htmx() -> bool:
+    """True for an htmx request that wants a fragment (not a boosted page load)."""
+    return bool(request.headers.get("HX-Request")) and not request.headers.get("HX-Boosted")
+
+
+def fragment(template: str, status: int = 200, **context):
+    """Render a fragment with the flash messages sent out-of-band."""
+    body = render_template(template, **context) + render_template("_flash.html", oob_flash=True)
+    resp = make_response(body, status)
+    resp.headers["Vary"] = "HX-Request"
+    return resp
+
+
+@bp.route("/")
+@admin_required
+def home():
+    """Settings opens on CRM Settings."""
+    return redirect(url_for("settings.crm"))
+
+
+def _rows() -> list[CrmIntegration]:
+    rows = [integration_for(current_user.organization, kind) for kind in catalog.CRM_KINDS]
+    db.session.commit()
+    return rows
+
+
+def _last_health() -> BackgroundJob | None:
+    return db.session.scalar(
+        select(BackgroundJob)
+        .where(BackgroundJob.kind == "health", BackgroundJob.organization_id == current_user.organization_id)
+        .order_by(BackgroundJob.created_at.desc())
+        .limit(1)
+    )
+
+
+@bp.route("/crm")
+@admin_required
+def crm():
+    """The listing of CRMs with their state, Edit Settings, On/Off and banners (L1–L3)."""
+    return render_template(
+        "settings/crm.html", rows=_rows(), toggle_form=ToggleForm(), health=_last_health(), csrf_form=CsrfOnlyForm()
+    )
+
+
+@bp.route("/crm/<int:integration_id>/toggle", methods=["POST"])
+@admin_required
+def toggle(integration_id: int):
+    """Switch an integration On or Off; On is refused until a test passed on the saved settings (L2)."""
+    integration = own_integration(integration_id)
+    form = ToggleForm()
+    status, refusal = 200, None
+    if not form.validate_on_submit() or form.state.data not in ("on", "off"):
+        abort(400)
+    want_on = form.state.data == "on"
+    if want_on:
+        refusal = integration.switch_on_refusal()
+        if refusal:
+            flash(f"{integration.label} was not switched On. {refusal}", "error")
+            status = 409
+            refusal = f"Not switched On. {refusal}"
+        elif not integration.enabled:
+            integration.enabled = True
+            integration.auth_failures = 0
+            audit(current_user, integration.organization_id, "switched on", ["enabled"], integration.id)
+            flash(f"{integration.label} is On.", "success")
+    elif integration.enabled:
+        integration.enabled = False
+        audit(current_user, integration.organization_id, "switched off", ["enabled"], integration.id)
+        flash(f"{integration.label} is Off.", "success")
+    db.session.commit()
+    if is_htmx():
+        return fragment("settings/_crm_row.html", status=status, row=integration, toggle_form=ToggleForm(),
+                        refusal=refusal)
+    return redirect(url_for("settings.crm"))
+
+
+@bp.route("/health", methods=["POST"])
+@admin_required
+def health():
+    """Enqueue the trivial health job to show that a worker is running."""
+    form = CsrfOnlyForm()
+    if not form.validate_on_submit():
+        abort(400)
+    row = jobs_state.enqueue(
+        "health", "jobs.health.ping", queue_name=QUEUE_DEFAULT, organization_id=current_user.organization_id,
+        timeout=30,
+    )
+    if is_htmx():
+        return fragment("settings/_health.html", health=row, csrf_form=CsrfOnlyForm())
+    flash("Checking the background worker…", "info")
+    return redirect(url_for("settings.crm"))
+
+
+@bp.route("/health/<job_id>")
+@admin_required
+def health_status(job_id: str):
+    """The health job's state; answers 286 to stop htmx polling once it is done or clearly stuck."""
+    row = db.session.get(BackgroundJob, job_id)
+    if row is None or row.organization_id != current_user.organization_id or row.kind != "health":
+        abort(404)
+    stuck = jobs_state.is_stuck_in_queue(row)
+    resp = fragment("settings/_health.html", health=row, stuck=stuck, csrf_form=CsrfOnlyForm())
+    if row.done or stuck:
+        resp.status_code = 286
+    return resp

@@ -1,0 +1,194 @@
+"""Shared fixtures: services started once per session, the app on SQLite and PostgreSQL, factories."""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from portal import create_app
+from portal.extensions import db
+
+from . import services
+
+TEST_KEY = Fernet.generate_key().decode()
+PASSWORD = "Correct-Horse-9"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """An admin URL of a PostgreSQL server (running, or started for the session)."""
+    with services.postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis server of the session's own."""
+    with services.redis_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def instance_dir() -> Iterator[Path]:
+    """An instance folder for the session (no test touches the developer's ``instance/``)."""
+    with tempfile.TemporaryDirectory(prefix="portal-instance-") as folder:
+        yield Path(folder)
+
+
+def migrate_to_head(url: str, instance: Path) -> None:
+    """Build the schema from empty with the real migrations."""
+    from flask_migrate import upgrade
+
+    app = create_app(base_overrides(url, "redis://unused", instance))
+    with app.app_context():
+        upgrade()
+        db.engine.dispose()
+
+
+def base_overrides(url: str, redis: str, instance: Path) -> dict:
+    """The configuration every test app shares."""
+    return {
+        "TESTING": True,
+        "SQLALCHEMY_DATABASE_URI": url,
+        "REDIS_URL": redis,
+        "SECRET_KEY": "test-secret-key",
+        "PORTAL_ENCRYPTION_KEYS": TEST_KEY,
+        "INSTANCE_PATH": str(instance),
+        "CRM_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+        "WORKER_STALE_SECONDS": 3,
+    }
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request, instance_dir) -> Iterator[str]:
+    """A migrated database per backend; every test that uses ``app`` runs on both."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{instance_dir / 'test.sqlite3'}"
+        migrate_to_head(url, instance_dir)
+        yield url
+        return
+    admin = request.getfixturevalue("pg_admin_url")
+    url = services.create_database(admin)
+    migrate_to_head(url, instance_dir)
+    yield url
+    services.drop_database(admin, url)
+
+
+@pytest.fixture
+def app(database_url, redis_url, instance_dir):
+    """The portal on a clean database."""
+    flask_app = create_app(base_overrides(database_url, redis_url, instance_dir))
+    yield flask_app
+    with flask_app.app_context():
+        for table in reversed(db.metadata.sorted_tables):
+            db.session.execute(table.delete())
+        db.session.commit()
+        db.engine.dispose()
+    conn = flask_app.extensions.get("portal_redis")
+    if conn is not None:
+        conn.flushdb()
+        conn.close()
+
+
+@pytest.fixture
+def client(app):
+    """A test client."""
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    """A CLI runner."""
+    return app.test_cli_runner()
+
+
+TOKEN_RE = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"|"X-CSRFToken": "([^"]+)"')
+
+
+def csrf_from(html: str) -> str:
+    """The CSRF token in a page."""
+    match = TOKEN_RE.search(html)
+    assert match, "no CSRF token in the page"
+    return match.group(1) or match.group(2)
+
+
+@dataclass
+class Factory:
+    """Small helpers that make test data and return ids."""
+
+    app: object
+
+    def org(self, name: str, kind: str = "partner", suppliers: tuple[str, ...] = ()) -> int:
+        from portal.cli import create_org
+
+        with self.app.app_context():
+            org = create_org(name, kind, list(suppliers))
+            db.session.commit()
+            return org.id
+
+    def user(self, email: str, org: str, role: str = "admin", password: str = PASSWORD) -> str:
+        from portal.cli import create_user
+
+        with self.app.app_context():
+            create_user(email, password, org, role)
+            db.session.commit()
+        return email
+
+    def integration(self, org_id: int, password: str | None = None, **fields) -> int:
+        from portal.crypto import encrypt
+        from portal.models import Organization, integration_for
+
+        with self.app.app_context():
+            integ = integration_for(db.session.get(Organization, org_id))
+            if password is not None:
+                integ.password_encrypted = encrypt(password)
+            for key, value in fields.items():
+                setattr(integ, key, value)
+            db.session.commit()
+            return integ.id
+
+
+@pytest.fixture
+def factory(app) -> Factory:
+    """Test-data helpers bound to the app."""
+    return Factory(app)
+
+
+class Auth:
+    """Signs a test client in and out."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def login(self, email: str, password: str = PASSWORD):
+        page = self.client.get("/login")
+        return self.client.post(
+            "/login", data={"email": email, "password": password, "csrf_token": csrf_from(page.text)}
+        )
+
+    def token(self, path: str = "/settings/crm") -> str:
+        return csrf_from(self.client.get(path).text)
+
+
+@pytest.fixture
+def auth(client) -> Auth:
+    """Sign-in helper."""
+    return Auth(client)
+
+
+@pytest.fixture
+def partner_admin(factory, auth) -> dict:
+    """A supplier, a partner with an administrator signed in, and the partner's integration id."""
+    factory.org("Acme Supplier", "supplier")
+    org_id = factory.org("Acme Partner", "partner", ("Acme Supplier",))
+    factory.user("admin@acme.example", "Acme Partner", "admin")
+    integration_id = factory.integration(org_id)
+    resp = auth.login("admin@acme.example")
+    assert resp.status_code == 302
+    return {"org_id": org_id, "integration_id": integration_id, "email": "admin@acme.example"}

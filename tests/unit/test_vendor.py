@@ -1,0 +1,24 @@
+"""The vendored front-end files are exactly the recorded versions."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+VENDOR = Path(__file__).resolve().parents[2] / "portal" / "static" / "vendor"
+
+
+def test_checksums_match_the_record():
+    record = (VENDOR / "VENDORED.md").read_text()
+    pairs = re.findall(r"^([0-9a-f]{64})  (\S+)$", record, flags=re.M)
+    assert len(pairs) == 2
+    for digest, name in pairs:
+        assert hashlib.sha256((VENDOR / name).read_bytes()).hexdigest() == digest, name
+
+
+def test_pages_load_the_vendored_htmx(client):
+    page = client.get("/login").text
+    assert "vendor/htmx-2.0.11.min.js" in page
+    with client.get("/static/vendor/htmx-2.0.11.min.js") as resp:
+        assert resp.status_code == 200
