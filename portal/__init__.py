@@ -30,10 +30,11 @@ def create_app(overrides: dict | None = None) -> Flask:
     login_manager.session_protection = "strong"
     queues.init_app(app)
 
-    from .views import auth, settings
+    from .views import auth, integrations, settings
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(settings.bp)
+    app.register_blueprint(integrations.bp)
     cli.init_app(app)
     _error_pages(app)
     _security_headers(app)

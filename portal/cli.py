@@ -129,7 +129,8 @@ def seed_demo_data(sandbox: dict | None = None) -> list[tuple[str, str, str, str
     integration = integration_for(partner)
     if integration.supplier_id is None:
         integration.supplier_id = supplier.id
-    if sandbox and not integration.org_url:
+    # The demo CRM is the local sandbox: follow it to whatever port it got this time.
+    if sandbox and (not integration.org_url or integration.org_url.startswith("http://127.0.0.1:")):
         from .crypto import encrypt
 
         integration.username = sandbox["username"]

@@ -31,3 +31,20 @@ def config_for(integration: CrmIntegration) -> ConnectionConfig:
         password=decrypt(integration.password_encrypted) if integration.password_encrypted else "",
         domain=integration.domain, organization=integration.organization_name,
     )
+
+
+def guard_problem(url: str) -> str | None:
+    """Why the URL guard refuses a URL (scheme, or a non-public address not allowed), or None.
+
+    A name that does not resolve right now is not refused here: the connection test reports it.
+    """
+    from .connectors.dynamics import DynamicsError, check_url
+    from .connectors.dynamics.errors import BlockedUrlError, InvalidUrlError
+
+    try:
+        check_url(url, tuple(parse_allowed_networks(current_app.config.get("CRM_ALLOWED_NETWORKS", ""))))
+    except (BlockedUrlError, InvalidUrlError) as exc:
+        return f"{exc.message} {exc.action}"
+    except DynamicsError:
+        return None
+    return None

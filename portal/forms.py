@@ -1,10 +1,27 @@
-"""Flask-WTF forms: sign-in now; one form per settings category later in this module."""
+"""Flask-WTF forms: sign-in, the On/Off switch, and one form per settings category (G1–G4)."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask_wtf import FlaskForm
-from wtforms import EmailField, HiddenField, PasswordField
-from wtforms.validators import DataRequired, Email, Length
+from wtforms import (
+    BooleanField,
+    EmailField,
+    HiddenField,
+    IntegerField,
+    PasswordField,
+    RadioField,
+    SelectChoice,
+    SelectField,
+    SelectMultipleField,
+    StringField,
+    URLField,
+    widgets,
+)
+from wtforms.validators import DataRequired, Email, InputRequired, Length, NumberRange, Optional, ValidationError
+
+from . import catalog
 
 
 class LoginForm(FlaskForm):
@@ -23,3 +40,124 @@ class ToggleForm(FlaskForm):
 
 class CsrfOnlyForm(FlaskForm):
     """A button-only action that still carries the CSRF token."""
+
+
+# --- Edit Settings: one form per category (G1–G4) ---------------------------------------------------------
+
+WEB_SUFFIX = "/web"
+
+
+def choices(pairs) -> list[SelectChoice]:
+    """WTForms choices from (value, label) pairs."""
+    return [SelectChoice(value, label) for value, label in pairs]
+
+
+def url_problem(url: str, *, must_end_with_web: bool) -> str | None:
+    """What is wrong with the shape of a CRM URL (not its address), or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        return "The URL must start with http:// or https://."
+    if not parts.hostname:
+        return "The URL needs a server name, e.g. https://crm.example.com/Org/…"
+    if parts.username or parts.password:
+        return "Leave the user name and password out of the URL: they have their own fields."
+    if must_end_with_web and not parts.path.rstrip("/").lower().endswith(WEB_SUFFIX):
+        return (
+            "The Organization Web Service URL must end with /web: copy it from Settings > Customizations > "
+            "Developer Resources and append /web."
+        )
+    return None
+
+
+class GeneralForm(FlaskForm):
+    """G1: the supplier and how new leads are recorded."""
+
+    supplier_id = SelectField("Supplier", coerce=int, validators=[InputRequired(message="Choose a supplier.")])
+    record_leads_as = RadioField(
+        "Record new leads in the CRM as", choices=choices([("lead", "Leads"), ("contact", "Contacts")]),
+        validators=[InputRequired(message="Choose Leads or Contacts.")],
+    )
+
+
+class ConnectionForm(FlaskForm):
+    """G2: CRM credentials and URLs. The password is write-only."""
+
+    username = StringField("CRM username", validators=[InputRequired(message="Enter the CRM user name."),
+                                                       Length(max=200)])
+    password = PasswordField("CRM password", validators=[Length(max=500)])
+    org_url = URLField("Organization Web Service URL",
+                       validators=[InputRequired(message="Enter the Organization Web Service URL."), Length(max=500)])
+    odata_url = URLField("OData Service URL", validators=[Optional(), Length(max=500)])
+    domain = StringField("Domain (NTLM)", validators=[Optional(), Length(max=200)])
+    organization_name = StringField("Organization name", validators=[Optional(), Length(max=200)])
+
+    def __init__(self, *args, has_password: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.has_password = has_password
+
+    def validate_org_url(self, field) -> None:
+        problem = url_problem(field.data.strip(), must_end_with_web=True)
+        if problem:
+            raise ValidationError(problem)
+
+    def validate_odata_url(self, field) -> None:
+        if field.data and field.data.strip():
+            problem = url_problem(field.data.strip(), must_end_with_web=False)
+            if problem:
+                raise ValidationError(problem)
+
+    def validate_password(self, field) -> None:
+        if not self.has_password and not field.data:
+            raise ValidationError("Enter the CRM password.")
+
+    def validate_username(self, field) -> None:
+        if field.data.count("\\") > 1:
+            raise ValidationError("Write the user as DOMAIN\\user or put the domain in its own field.")
+
+
+class UsageForm(FlaskForm):
+    """G3: the two usage profiles with their advanced options."""
+
+    marketing_automation = BooleanField("Marketing Automation")
+    ma_pull_contacts = BooleanField("Pull Contacts")
+    ma_sync_leads = BooleanField("Synchronize Marketing Automation Leads")
+    ma_score_threshold = IntegerField(
+        "Minimum lead score threshold",
+        validators=[InputRequired(message="Enter a whole number from 0 to 100."),
+                    NumberRange(min=0, max=100, message="Enter a whole number from 0 to 100.")],
+    )
+    ma_allow_field_updates = BooleanField("Allow lead field updates in the CRM")
+    ma_pull_opportunities = BooleanField("Opportunities originating from Marketing Activity leads")
+    lead_distribution = BooleanField("Lead Distribution")
+    ld_sync_supplier_leads = BooleanField("Synchronize Supplier Leads")
+    ld_allow_field_updates = BooleanField("Allow lead field updates in the CRM")
+    ld_pull_opportunities = BooleanField("Opportunities with a contact matching a lead by email")
+    ld_custom_fields_in_notes = BooleanField("Send custom fields into the Notes")
+
+    def __init__(self, *args, records_as_contacts: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.records_as_contacts = records_as_contacts
+        self.ma_score_threshold.widget.input_type = "number"
+
+    def validate_ma_pull_contacts(self, field) -> None:
+        if field.data and self.records_as_contacts:
+            raise ValidationError(
+                "Pull Contacts is not available while new leads are recorded as contacts: "
+                "Dynamics offers no way to pull contacts then."
+            )
+
+
+class MultiCheckboxField(SelectMultipleField):
+    """Checkboxes for a multiple choice."""
+
+    widget = widgets.ListWidget(prefix_label=False)
+    option_widget = widgets.CheckboxInput()
+
+
+class AdvancedForm(FlaskForm):
+    """G4: lead event types and campaigns."""
+
+    event_types = MultiCheckboxField("Lead Event Types", choices=choices(catalog.EVENT_TYPES))
+    create_campaigns = BooleanField("Create Campaigns in CRM")
+    # Not required: with campaigns off the field is not shown and the saved level is kept for later.
+    campaign_data_level = RadioField("Campaign Send Data Level", choices=choices(catalog.CAMPAIGN_DATA_LEVELS))

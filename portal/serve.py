@@ -30,6 +30,18 @@ def _wait_http(url: str, timeout: float = 20.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def _port_or_free(preferred: int) -> int:
+    """The preferred loopback port when it is free, else any free one."""
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start everything, print the address and the logins, and stop it all on Ctrl-C."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -52,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"* Redis: {env['REDIS_URL']} (from REDIS_URL)")
         sandbox = None
         if not args.no_sandbox:
-            from sandbox.testing import DEFAULT_DOMAIN, DEFAULT_PASSWORD, DEFAULT_USER
+            from sandbox.testing import DOMAIN, PASSWORD, USERNAME
 
-            port = int(env.get("SANDBOX_PORT", "0")) or free_port()
+            port = int(env.get("SANDBOX_PORT", "0")) or _port_or_free(5555)
             data = inst / "sandbox"
             children.append(subprocess.Popen(  # noqa: S603 - our own module
                 [sys.executable, "-m", "sandbox", "--port", str(port), "--data-dir", str(data), "--seed"],
@@ -65,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             sandbox = {
                 "org_url": f"{base}/demo/XRMServices/2011/Organization.svc/web",
                 "odata_url": f"{base}/demo/api/data/v8.2/",
-                "username": DEFAULT_USER, "domain": DEFAULT_DOMAIN, "password": DEFAULT_PASSWORD,
+                "username": USERNAME, "domain": DOMAIN, "password": PASSWORD,
             }
             if not env.get("CRM_ALLOWED_NETWORKS"):
                 # The demo CRM runs on this machine; real deployments leave loopback refused.
                 env["CRM_ALLOWED_NETWORKS"] = "127.0.0.0/8,::1/128"
                 print("* CRM_ALLOWED_NETWORKS=127.0.0.0/8,::1/128 so the portal may reach the local sandbox CRM")
-            print(f"* Sandbox CRM: {sandbox['org_url']} (user {DEFAULT_DOMAIN}\\{DEFAULT_USER})")
+            print(f"* Sandbox CRM: {sandbox['org_url']} (user {DOMAIN}\\{USERNAME})")
         os.environ.update(env)
 
         from . import create_app

@@ -21,9 +21,12 @@ def is_htmx() -> bool:
     return bool(request.headers.get("HX-Request")) and not request.headers.get("HX-Boosted")
 
 
-def fragment(template: str, status: int = 200, **context):
-    """Render a fragment with the flash messages sent out-of-band."""
-    body = render_template(template, **context) + render_template("_flash.html", oob_flash=True)
+def fragment(template: str, status: int = 200, oob_templates: tuple[str, ...] = (), **context):
+    """Render a fragment, any out-of-band companions, and the flash messages out-of-band."""
+    body = render_template(template, **context)
+    for extra in oob_templates:
+        body += render_template(extra, **{**context, "oob": True})
+    body += render_template("_flash.html", oob_flash=True)
     resp = make_response(body, status)
     resp.headers["Vary"] = "HX-Request"
     return resp

@@ -1,0 +1,85 @@
+"""Connection-test jobs: run the connector's layered test and keep its result on the integration."""
+
+from __future__ import annotations
+
+import logging
+
+from .context import with_app
+
+log = logging.getLogger(__name__)
+
+
+@with_app
+def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) -> dict:
+    """Test the saved connection step by step; optionally add the platform's lead-source option first."""
+    from flask import current_app
+
+    from portal.connection import config_for
+    from portal.connectors.dynamics import DynamicsError, test_connection
+    from portal.crypto import SecretUnreadable
+    from portal.extensions import db
+    from portal.health import record_test
+    from portal.jobs_state import add_step, finish_job, start_job
+    from portal.models import CrmIntegration
+
+    start_job(job_id)
+    integration = db.session.get(CrmIntegration, integration_id)
+    fingerprint = integration.connection_fingerprint()
+    platform = current_app.config["PLATFORM_NAME"]
+    try:
+        config = config_for(integration)
+    except SecretUnreadable as exc:
+        error = {"code": "secret_unreadable", "message": str(exc),
+                 "action": "Enter the CRM password again in CRM Connection Settings and save."}
+        record_test(integration, ok=False, fingerprint=fingerprint, message=error["message"], error=error)
+        finish_job(job_id, ok=False, message=error["message"], result={"ok": False, "steps": [], "error": error})
+        return {"ok": False}
+
+    if add_lead_source:
+        from portal.connectors.dynamics import OrganizationService, Transport
+
+        try:
+            with Transport(config) as transport:
+                value = OrganizationService(transport).ensure_option(platform)
+            add_step(job_id, {"name": "Add lead source option", "ok": True,
+                              "detail": f"'{platform}' is option {value} of Lead Source, published"})
+        except DynamicsError as exc:
+            add_step(job_id, {"name": "Add lead source option", "ok": False, "detail": exc.message})
+
+    result = test_connection(config, platform_name=platform,
+                             on_step=lambda step: add_step(job_id, step.to_dict()))
+    data = result.to_dict()
+    user = _user_name(config, result.user_id) if result.ok else None
+    data["user_name"] = user
+    db.session.refresh(integration)
+    was_on = integration.enabled
+    if result.ok:
+        message = f"Connected as {user or result.user_id}, CRM version {result.version}."
+    else:
+        message = f"{data['error']['message']}"
+    record_test(integration, ok=result.ok, fingerprint=fingerprint, message=message,
+                lead_source_value=result.lead_source_value, error=data["error"])
+    if was_on and not result.ok and integration.enabled:
+        # Settings that no longer pass must not stay On (L2).
+        integration.enabled = False
+        integration.error_message = f"{integration.error_message} The integration was switched Off."
+    db.session.commit()
+    finish_job(job_id, ok=result.ok, message=message, result=data)
+    log.info("connection test %s for integration %s: %s", job_id, integration_id, "ok" if result.ok else "failed")
+    return {"ok": result.ok}
+
+
+def _user_name(config, user_id: str | None) -> str | None:
+    """The CRM user's full name for the success message (best effort: the test already passed)."""
+    if not user_id:
+        return None
+    from portal.connectors.dynamics import DynamicsError, OrganizationService, Transport
+
+    try:
+        with Transport(config) as transport:
+            entity = OrganizationService(transport).retrieve("systemuser", user_id, ["fullname", "domainname"])
+        name = entity.attributes.get("fullname")
+        domain_name = entity.attributes.get("domainname")
+        return f"{name} ({domain_name})" if name and domain_name else name or domain_name
+    except DynamicsError:
+        return None

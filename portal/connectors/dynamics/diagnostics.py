@@ -1,0 +1,268 @@
+"""The "Test CRM connection" check: ordered steps that stop at the first failure, each explained."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import (
+    DynamicsError,
+    LeadSourceMissingError,
+    NotDynamicsError,
+    PrivilegeError,
+    RequestTimeoutError,
+    TlsError,
+    UnreachableError,
+)
+from .odata import ODataClient
+from .soap import OrganizationService, fetch_xml, find_option_value, version_name
+from .transport import ConnectionConfig, Transport
+from .urlguard import CheckedUrl, check_address, check_url
+
+log = logging.getLogger("portal.connectors.dynamics")
+
+READ_ENTITIES = (
+    ("lead", "leadid"),
+    ("contact", "contactid"),
+    ("list", "listid"),
+    ("campaign", "campaignid"),
+    ("opportunity", "opportunityid"),
+)
+
+
+@dataclass
+class Step:
+    """One step of the connection test."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The step as JSON-ready data."""
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass
+class ConnectionTestResult:
+    """The outcome of a connection test: the steps run, what was learned, and the error if any."""
+
+    ok: bool = False
+    steps: list[Step] = field(default_factory=list)
+    user_id: str | None = None
+    organization_id: str | None = None
+    business_unit_id: str | None = None
+    version: str | None = None
+    lead_source_value: int | None = None
+    error: DynamicsError | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data for the page and the database."""
+        return {
+            "ok": self.ok,
+            "steps": [s.to_dict() for s in self.steps],
+            "user_id": self.user_id,
+            "organization_id": self.organization_id,
+            "version": self.version,
+            "lead_source_value": self.lead_source_value,
+            "error": self.error.to_dict() if self.error else None,
+        }
+
+
+class _Stop(Exception):
+    """Internal: a step failed and the test ends."""
+
+
+def _check_org_path(url: str) -> None:
+    path = urlsplit(url).path.rstrip("/").lower()
+    if path.endswith("/organization.svc"):
+        raise NotDynamicsError("The Organization Service URL must end with /web.",
+                               action="Append /web to the Organization Service URL from Developer Resources.")
+    if not path.endswith("/organization.svc/web"):
+        raise NotDynamicsError("The URL does not end with /XRMServices/2011/Organization.svc/web.")
+
+
+def _tcp_connect(checked: CheckedUrl, config: ConnectionConfig) -> socket.socket:
+    try:
+        sock = socket.create_connection((checked.host, checked.port), timeout=config.connect_timeout)
+    except TimeoutError as exc:
+        raise RequestTimeoutError(f"Connecting to {checked.host}:{checked.port} timed out.") from exc
+    except socket.gaierror as exc:
+        raise UnreachableError(f"The host name {checked.host} could not be resolved.", detail=str(exc)) from exc
+    except OSError as exc:
+        raise UnreachableError(f"{checked.host}:{checked.port} could not be reached: {exc.strerror or exc}.",
+                               detail=str(exc)) from exc
+    try:
+        # Check the address actually connected to, not the one resolved a moment ago.
+        check_address(str(sock.getpeername()[0]).split("%", 1)[0], config.allowed_networks, checked.host)
+    except DynamicsError:
+        sock.close()
+        raise
+    return sock
+
+
+def _tls_handshake(sock: socket.socket, host: str, config: ConnectionConfig) -> str:
+    if config.verify_tls:
+        context = ssl.create_default_context(cafile=config.ca_bundle)
+    else:
+        # The admin turned verification off explicitly for this connection.
+        context = ssl._create_unverified_context()  # noqa: S323
+    try:
+        with context.wrap_socket(sock, server_hostname=host) as tls:
+            version = tls.version() or "TLS"
+            cert = tls.getpeercert() or {}
+    except ssl.SSLCertVerificationError as exc:
+        raise TlsError(f"The certificate of {host} is not trusted: {exc.verify_message}.", detail=str(exc)) from exc
+    except ssl.SSLError as exc:
+        raise TlsError(f"The TLS handshake with {host} failed ({exc.reason}); the server may only offer an "
+                       "old TLS version.", detail=str(exc)) from exc
+    except TimeoutError as exc:
+        raise RequestTimeoutError(f"The TLS handshake with {host} timed out.") from exc
+    expires = cert.get("notAfter")
+    return f"{version}, certificate valid until {expires}" if expires else version
+
+
+def test_connection(
+    config: ConnectionConfig,
+    platform_name: str = "ZiftONE",
+    on_step: Callable[[Step], None] | None = None,
+    transport: Transport | None = None,
+) -> ConnectionTestResult:
+    """Run the connection test steps in order, stopping at the first failure."""
+    result = ConnectionTestResult()
+    own_transport = transport is None
+
+    def done(name: str, ok: bool, detail: str = "") -> None:
+        step = Step(name, ok, detail)
+        result.steps.append(step)
+        if on_step is not None:
+            on_step(step)
+
+    def fail(name: str, error: DynamicsError) -> None:
+        result.error = error
+        done(name, False, error.message)
+        raise _Stop
+
+    def run(name: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except DynamicsError as exc:
+            fail(name, exc)
+        except _Stop:
+            raise
+        except Exception as exc:  # the test must report, not crash, whatever goes wrong
+            log.exception("Unexpected error in connection test step %s", name)
+            fail(name, DynamicsError(f"Unexpected error: {type(exc).__name__}.", detail=str(exc)[:500]))
+
+    t: Transport | None = transport
+    try:
+        def url_check() -> CheckedUrl:
+            checked = check_url(config.org_url, config.allowed_networks)
+            _check_org_path(config.org_url)
+            return checked
+
+        checked: CheckedUrl = run("URL check", url_check)
+        done("URL check", True, f"{checked.scheme}://{checked.host}:{checked.port}")
+
+        sock = run("DNS and TCP", lambda: _tcp_connect(checked, config))
+        peer = sock.getpeername()[0]
+        done("DNS and TCP", True, f"connected to {peer} port {checked.port}")
+        try:
+            if checked.scheme == "https":
+                detail = run("TLS", lambda: _tls_handshake(sock, checked.host, config))
+                done("TLS", True, detail)
+            else:
+                done("TLS", True, "plain HTTP (NTLM protects the password, not the data)")
+        finally:
+            sock.close()
+
+        if t is None:
+            t = Transport(config)
+        tr = t
+        service = OrganizationService(tr)
+        before = tr.handshakes
+
+        run("NTLM handshake", tr.warm_up)
+        done("NTLM handshake", True,
+             f"signed in as {config.ntlm_user}" if tr.handshakes > before else "the server did not ask to sign in")
+
+        try:
+            me = service.who_am_i()
+        except NotDynamicsError as exc:
+            fail("Organization Service", exc)
+        except DynamicsError as exc:
+            if exc.code in ("auth_failed", "claims_auth", "unreachable", "tls", "timeout", "blocked_url"):
+                fail("Organization Service", exc)
+            done("Organization Service", True, "the endpoint is a Dynamics Organization Service")
+            fail("WhoAmI", exc)
+        else:
+            done("Organization Service", True, "the endpoint is a Dynamics Organization Service")
+            done("WhoAmI", True, f"user {me.user_id}")
+        result.user_id, result.organization_id = me.user_id, me.organization_id
+        result.business_unit_id = me.business_unit_id
+
+        version = run("Version", service.retrieve_version)
+        result.version = version
+        done("Version", True, f"{version} ({version_name(version)})")
+
+        def read_access() -> str:
+            counts = []
+            for entity, key in READ_ENTITIES:
+                try:
+                    page = service.retrieve_multiple(fetch_xml(entity, [key], page_size=1))
+                except PrivilegeError as exc:
+                    raise PrivilegeError(
+                        f"The CRM user cannot read {entity} records: {exc.message}",
+                        privilege=exc.privilege,
+                        error_code=exc.error_code,
+                        action=exc.action,
+                        detail=exc.detail,
+                    ) from exc
+                counts.append(f"{entity} ok" if page.entities else f"{entity} ok (none yet)")
+            return ", ".join(counts)
+
+        done("Read access", True, run("Read access", read_access))
+
+        def lead_source() -> int:
+            options = service.retrieve_option_set("lead", "leadsourcecode")
+            value = find_option_value(options, platform_name)
+            if value is None:
+                raise LeadSourceMissingError(
+                    f"The Lead Source field of Lead has no option named {platform_name}.",
+                    action=(
+                        f"Add the option {platform_name} as in step 1 of the integration guide: Settings > "
+                        "Customizations > Customize the System > Entities > Lead > Fields > Lead Source; add the "
+                        "option, save and publish. Or let the portal add it (the CRM user needs customization "
+                        "privileges)."
+                    ),
+                )
+            return value
+
+        result.lead_source_value = run("Lead source option", lead_source)
+        done("Lead source option", True, f"{platform_name} = {result.lead_source_value}")
+
+        if config.odata_url:
+            def odata() -> str:
+                check_url(config.odata_url or "", config.allowed_networks)
+                info = ODataClient(tr, config.odata_url).ping()
+                return "Web API answered" if info["flavour"] == "webapi" else "OData v2 answered"
+
+            done("OData", True, run("OData", odata))
+        else:
+            done("OData", True, "not configured")
+        result.ok = True
+    except _Stop:
+        result.ok = False
+    finally:
+        if own_transport and t is not None:
+            t.close()
+    return result
+
+
+# Keep pytest from collecting this function when a test module imports it.
+test_connection.__test__ = False  # type: ignore[attr-defined]

@@ -1,0 +1,291 @@
+"""Edit Settings for a CRM integration: four forms (G1–G4), inline checks, Save and Test CRM Connection."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import select
+
+from .. import jobs_state
+from ..access import admin_required, own_integration
+from ..crypto import encrypt
+from ..extensions import db
+from ..forms import AdvancedForm, ConnectionForm, GeneralForm, UsageForm, choices, url_problem
+from ..models import BackgroundJob, CrmIntegration, JobStatus, audit, utcnow
+from ..queues import QUEUE_TESTS
+from .settings import fragment, is_htmx
+
+bp = Blueprint("integrations", __name__, url_prefix="/settings/crm")
+
+SECTIONS = ("general", "connection", "usage", "advanced")
+USAGE_FIELDS = [
+    "marketing_automation", "ma_pull_contacts", "ma_sync_leads", "ma_score_threshold", "ma_allow_field_updates",
+    "ma_pull_opportunities", "lead_distribution", "ld_sync_supplier_leads", "ld_allow_field_updates",
+    "ld_pull_opportunities", "ld_custom_fields_in_notes",
+]
+CONNECTION_FIELDS = ["username", "org_url", "odata_url", "domain", "organization_name"]
+
+
+def _supplier_choices(integration: CrmIntegration) -> list[tuple[int, str]]:
+    org = integration.organization
+    return [(s.id, s.name) for s in org.suppliers]
+
+
+def build_forms(integration: CrmIntegration, posted: str | None = None) -> dict:
+    """The four forms: the posted one reads the request, the others show what is saved."""
+    general = GeneralForm(formdata=request.form if posted == "general" else None, obj=integration, prefix="general")
+    general.supplier_id.choices = choices([(0, "— Choose a supplier —"), *_supplier_choices(integration)])
+    if posted != "general":
+        general.supplier_id.data = integration.supplier_id or 0
+    connection = ConnectionForm(formdata=request.form if posted == "connection" else None, obj=integration,
+                                prefix="connection", has_password=integration.has_password)
+    records_as_contacts = integration.record_leads_as == "contact"
+    usage = UsageForm(formdata=request.form if posted == "usage" else None, obj=integration, prefix="usage",
+                      records_as_contacts=records_as_contacts)
+    advanced = AdvancedForm(formdata=request.form if posted == "advanced" else None, obj=integration,
+                            prefix="advanced")
+    return {"general": general, "connection": connection, "usage": usage, "advanced": advanced}
+
+
+def _last_test(integration: CrmIntegration) -> BackgroundJob | None:
+    return db.session.scalar(
+        select(BackgroundJob)
+        .where(BackgroundJob.integration_id == integration.id, BackgroundJob.kind == "connection-test")
+        .order_by(BackgroundJob.created_at.desc())
+        .limit(1)
+    )
+
+
+def _context(integration: CrmIntegration, forms: dict, saved: str | None = None) -> dict:
+    return {"row": integration, "forms": forms, "saved": saved, "test": _last_test(integration),
+            "stuck": False, "platform": current_app.config["PLATFORM_NAME"]}
+
+
+def _page(integration: CrmIntegration, forms: dict, status: int = 200, saved: str | None = None):
+    resp = render_template("integrations/edit.html", **_context(integration, forms, saved))
+    return resp, status, {"Cache-Control": "no-store", "Vary": "HX-Request"}
+
+
+@bp.route("/<int:integration_id>/edit")
+@admin_required
+def edit(integration_id: int):
+    """The Edit Settings page with its four sections."""
+    integration = own_integration(integration_id)
+    return _page(integration, build_forms(integration))
+
+
+def _section_response(integration, forms, section, *, ok: bool, extra_oob: tuple[str, ...] = ()):
+    """Answer a section's POST: fragment for htmx (422 on errors), PRG or a 422 page without JavaScript."""
+    if is_htmx():
+        ctx = _context(integration, forms, saved=section if ok else None)
+        return fragment(f"integrations/_{section}.html", status=200 if ok else 422,
+                        oob_templates=tuple(f"integrations/_{name}.html" for name in extra_oob), **ctx)
+    if ok:
+        return redirect(url_for("integrations.edit", integration_id=integration.id) + f"#{section}")
+    return _page(integration, forms, status=422)
+
+
+def _apply(integration: CrmIntegration, values: dict) -> list[str]:
+    """Set values and return the names of those that changed."""
+    changed = []
+    for key, value in values.items():
+        if getattr(integration, key) != value:
+            setattr(integration, key, value)
+            changed.append(key)
+    return changed
+
+
+@bp.route("/<int:integration_id>/general", methods=["POST"])
+@admin_required
+def save_general(integration_id: int):
+    """Save General Settings (G1)."""
+    integration = own_integration(integration_id)
+    forms = build_forms(integration, posted="general")
+    form = forms["general"]
+    allowed = {sid for sid, _ in _supplier_choices(integration)}
+    valid = form.validate()
+    if valid and form.supplier_id.data not in allowed:
+        form.supplier_id.errors = [*form.supplier_id.errors, "Choose one of your suppliers."]
+        valid = False
+    if not valid:
+        return _section_response(integration, forms, "general", ok=False)
+    changed = _apply(integration, {"supplier_id": form.supplier_id.data,
+                                   "record_leads_as": form.record_leads_as.data})
+    if integration.record_leads_as == "contact" and integration.ma_pull_contacts:
+        integration.ma_pull_contacts = False  # not possible with contacts (S10)
+        changed.append("ma_pull_contacts")
+    _finish_save(integration, "general", changed, "General Settings")
+    forms = build_forms(integration)
+    return _section_response(integration, forms, "general", ok=True,
+                             extra_oob=("usage",) if "record_leads_as" in changed else ())
+
+
+def _finish_save(integration: CrmIntegration, section: str, changed: list[str], title: str) -> None:
+    if changed:
+        audit(current_user, integration.organization_id, f"saved {section} settings", changed, integration.id)
+        flash(f"{title} saved.", "success")
+    else:
+        flash(f"{title}: nothing changed.", "info")
+    db.session.commit()
+
+
+@bp.route("/<int:integration_id>/connection", methods=["POST"])
+@admin_required
+def save_connection(integration_id: int):
+    """Save CRM Connection Settings (G2); with action=test, then run the connection test as a job."""
+    integration = own_integration(integration_id)
+    forms = build_forms(integration, posted="connection")
+    form = forms["connection"]
+    valid = form.validate()
+    if valid:
+        valid = _guard_urls(form)
+    if not valid:
+        return _section_response(integration, forms, "connection", ok=False)
+    values = {f: (getattr(form, f).data or "").strip() for f in CONNECTION_FIELDS}
+    changed = _apply(integration, values)
+    if form.password.data:
+        integration.password_encrypted = encrypt(form.password.data)
+        changed.append("password")
+    if changed:
+        integration.connection_saved_at = utcnow()
+    testing = request.form.get("action") == "test"
+    if changed and integration.enabled and not testing and not integration.test_passed_on_saved_settings:
+        integration.enabled = False
+        changed.append("enabled")
+        flash("The connection settings changed, so the integration was switched Off: "
+              "run Save and Test CRM Connection, then switch it On again.", "error")
+    _finish_save(integration, "connection", changed, "CRM Connection Settings")
+    if testing:
+        _start_test(integration)
+    forms = build_forms(integration)
+    return _section_response(integration, forms, "connection", ok=True)
+
+
+def _guard_urls(form: ConnectionForm) -> bool:
+    """Refuse URLs that the URL guard would never let the portal reach; DNS trouble is only a warning later."""
+    from ..connection import guard_problem
+
+    ok = True
+    for field in (form.org_url, form.odata_url):
+        value = (field.data or "").strip()
+        if value:
+            problem = guard_problem(value)
+            if problem:
+                field.errors = [*field.errors, problem]
+                ok = False
+    return ok
+
+
+def _start_test(integration: CrmIntegration, add_lead_source: bool = False) -> BackgroundJob:
+    """Enqueue the connection test unless one is already queued or running for this integration."""
+    running = db.session.scalar(
+        select(BackgroundJob).where(
+            BackgroundJob.integration_id == integration.id, BackgroundJob.kind == "connection-test",
+            BackgroundJob.status.in_([JobStatus.queued, JobStatus.started]),
+        ).order_by(BackgroundJob.created_at.desc()).limit(1)
+    )
+    if running is not None and not jobs_state.is_stuck_in_queue(running):
+        flash("A connection test is already running: its result follows below.", "info")
+        return running
+    return jobs_state.enqueue(
+        "connection-test", "jobs.connection.run_test", queue_name=QUEUE_TESTS,
+        organization_id=integration.organization_id, integration_id=integration.id,
+        args=(integration.id, add_lead_source), timeout=300,
+    )
+
+
+@bp.route("/<int:integration_id>/lead-source", methods=["POST"])
+@admin_required
+def add_lead_source(integration_id: int):
+    """Add the platform's option to Lead Source in the CRM (needs customization rights), then test again."""
+    integration = own_integration(integration_id)
+    from ..forms import CsrfOnlyForm
+
+    if not CsrfOnlyForm().validate_on_submit():
+        abort(400)
+    if not integration.connection_complete:
+        flash("Save the CRM Connection Settings first.", "error")
+    else:
+        _start_test(integration, add_lead_source=True)
+        audit(current_user, integration.organization_id, "asked to add the lead source option", [], integration.id)
+        db.session.commit()
+    forms = build_forms(integration)
+    return _section_response(integration, forms, "connection", ok=True)
+
+
+@bp.route("/<int:integration_id>/tests/<job_id>")
+@admin_required
+def test_status(integration_id: int, job_id: str):
+    """The connection test's steps so far; 286 stops the polling once it is done or no worker took it."""
+    integration = own_integration(integration_id)
+    job = db.session.get(BackgroundJob, job_id)
+    if job is None or job.integration_id != integration.id or job.kind != "connection-test":
+        abort(404)
+    stuck = jobs_state.is_stuck_in_queue(job)
+    ctx = _context(integration, {}, None)
+    ctx.update(test=job, stuck=stuck)
+    resp = fragment("integrations/_test_status.html", **ctx)
+    if job.done or stuck:
+        resp.status_code = 286
+    return resp
+
+
+@bp.route("/<int:integration_id>/validate/<field>", methods=["POST"])
+@admin_required
+def validate_field(integration_id: int, field: str):
+    """Inline feedback on a URL as the user types or leaves the field, with an offer to append /web."""
+    integration = own_integration(integration_id)
+    if field not in ("org_url", "odata_url"):
+        abort(404)
+    value = request.form.get(f"connection-{field}", "").strip()
+    appended = False
+    if field == "org_url" and request.form.get("append_web") and value:
+        value = value.rstrip("/") + "/web"
+        appended = True
+    problem = None
+    missing_web = False
+    if value:
+        problem = url_problem(value, must_end_with_web=field == "org_url")
+        missing_web = field == "org_url" and problem is not None and "must end with /web" in problem
+        if problem is None:
+            from ..connection import guard_problem
+
+            problem = guard_problem(value)
+    return render_template("integrations/_url_feedback.html", field=field, value=value, problem=problem,
+                           missing_web=missing_web, appended=appended, row=integration)
+
+
+@bp.route("/<int:integration_id>/usage", methods=["POST"])
+@admin_required
+def save_usage(integration_id: int):
+    """Save the Usage Profile (G3)."""
+    integration = own_integration(integration_id)
+    forms = build_forms(integration, posted="usage")
+    form = forms["usage"]
+    if not form.validate():
+        return _section_response(integration, forms, "usage", ok=False)
+    values = {f: getattr(form, f).data for f in USAGE_FIELDS}
+    values = {k: (bool(v) if k != "ma_score_threshold" else int(v)) for k, v in values.items()}
+    changed = _apply(integration, values)
+    _finish_save(integration, "usage", changed, "Usage Profile")
+    return _section_response(integration, build_forms(integration), "usage", ok=True)
+
+
+@bp.route("/<int:integration_id>/advanced", methods=["POST"])
+@admin_required
+def save_advanced(integration_id: int):
+    """Save the Advanced General Options (G4)."""
+    integration = own_integration(integration_id)
+    forms = build_forms(integration, posted="advanced")
+    form = forms["advanced"]
+    if not form.validate():
+        return _section_response(integration, forms, "advanced", ok=False)
+    before = integration.event_types
+    changed = _apply(integration, {"create_campaigns": bool(form.create_campaigns.data)})
+    if form.create_campaigns.data:
+        changed += _apply(integration, {"campaign_data_level": form.campaign_data_level.data})
+    integration.event_types = form.event_types.data or []
+    if integration.event_types != before:
+        changed.append("event_types")
+    _finish_save(integration, "advanced", changed, "Advanced General Options")
+    return _section_response(integration, build_forms(integration), "advanced", ok=True)

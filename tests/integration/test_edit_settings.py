@@ -1,0 +1,190 @@
+"""Edit Settings: the four forms, their validation and the dependencies between options (G1–G4)."""
+
+from __future__ import annotations
+
+import pytest
+
+from portal.extensions import db
+from portal.models import AuditLog, CrmIntegration
+
+WEB = "http://127.0.0.1:5555/demo/XRMServices/2011/Organization.svc/web"
+
+
+def post(client, auth, integration_id, section, data, htmx=True):
+    token = auth.token(f"/settings/crm/{integration_id}/edit")
+    data = {f"{section}-{k}" if k not in ("action",) else k: v for k, v in data.items()}
+    data[f"{section}-csrf_token"] = token
+    headers = {"HX-Request": "true", "X-CSRFToken": token} if htmx else {}
+    return client.post(f"/settings/crm/{integration_id}/{section}", data=data, headers=headers)
+
+
+def integ(app, integration_id) -> CrmIntegration:
+    with app.app_context():
+        row = db.session.get(CrmIntegration, integration_id)
+        db.session.expunge(row)
+        return row
+
+
+def test_page_shows_four_sections_with_defaults(partner_admin, client):
+    page = client.get(f"/settings/crm/{partner_admin['integration_id']}/edit")
+    assert page.status_code == 200
+    for title in ("General Settings", "CRM Connection Settings", "Usage Profile", "Advanced General Options",
+                  "Advanced Marketing Automation Options", "Advanced Lead Distribution Options"):
+        assert title in page.text
+    assert 'value="50"' in page.text  # the default threshold
+    assert "Developer Resources" in page.text
+    assert page.headers["Cache-Control"] == "no-store"
+    assert 'hx-history="false"' in page.text
+
+
+def test_general_supplier_limited_to_the_partners_suppliers(app, partner_admin, factory, client, auth):
+    foreign = factory.org("Foreign Supplier", "supplier")
+    iid = partner_admin["integration_id"]
+    page = client.get(f"/settings/crm/{iid}/edit").text
+    assert "Acme Supplier" in page and "Foreign Supplier" not in page
+    bad = post(client, auth, iid, "general", {"supplier_id": foreign, "record_leads_as": "lead"})
+    assert bad.status_code == 422
+    assert "Not a valid choice" in bad.text or "Choose one of your suppliers" in bad.text
+    with app.app_context():
+        acme = db.session.execute(db.text("SELECT id FROM organizations WHERE name='Acme Supplier'")).scalar()
+    ok = post(client, auth, iid, "general", {"supplier_id": acme, "record_leads_as": "contact"})
+    assert ok.status_code == 200 and 'data-saved="general"' in ok.text
+    saved = integ(app, iid)
+    assert saved.supplier_id == acme and saved.record_leads_as == "contact"
+    # The Usage Profile is refreshed out of band: Pull Contacts is no longer offered (S10).
+    assert 'id="usage"' in ok.text and 'data-not-offered="ma_pull_contacts"' in ok.text
+
+
+def test_connection_requires_web_suffix_and_http(partner_admin, client, auth, app):
+    iid = partner_admin["integration_id"]
+    resp = post(client, auth, iid, "connection", {"username": "crmadmin", "password": "Pass-1234",
+                                                  "org_url": WEB[:-4], "domain": "SANDBOX", "action": "save"})
+    assert resp.status_code == 422 and "must end with /web" in resp.text
+    assert 'value="crmadmin"' in resp.text  # what the user typed stays
+    assert "Pass-1234" not in resp.text  # but never the password
+    resp = post(client, auth, iid, "connection", {"username": "crmadmin", "password": "Pass-1234",
+                                                  "org_url": "ftp://127.0.0.1/x/web", "action": "save"})
+    assert resp.status_code == 422 and "must start with http:// or https://" in resp.text
+    assert not integ(app, iid).org_url
+
+
+def test_connection_blocked_by_the_url_guard(partner_admin, client, auth, app):
+    app.config["CRM_ALLOWED_NETWORKS"] = ""
+    resp = post(client, auth, partner_admin["integration_id"], "connection",
+                {"username": "u", "password": "Pass-1234", "org_url": WEB, "action": "save"})
+    assert resp.status_code == 422 and "loopback" in resp.text.lower()
+
+
+def test_password_is_write_only_and_kept_when_empty(partner_admin, client, auth, app):
+    iid = partner_admin["integration_id"]
+    first = post(client, auth, iid, "connection", {"username": "crmadmin", "password": "First-Secret-1",
+                                                   "org_url": WEB, "domain": "SANDBOX", "action": "save"})
+    assert first.status_code == 200 and "First-Secret-1" not in first.text
+    stored = integ(app, iid).password_encrypted
+    page = client.get(f"/settings/crm/{iid}/edit").text
+    assert "First-Secret-1" not in page and stored not in page and 'data-password-state="saved"' in page
+    again = post(client, auth, iid, "connection", {"username": "crmadmin", "password": "",
+                                                   "org_url": WEB, "domain": "OTHER", "action": "save"})
+    assert again.status_code == 200
+    assert integ(app, iid).password_encrypted == stored
+    post(client, auth, iid, "connection", {"username": "crmadmin", "password": "Second-Secret-2",
+                                           "org_url": WEB, "domain": "OTHER", "action": "save"})
+    assert integ(app, iid).password_encrypted != stored
+    with app.app_context():
+        rows = db.session.query(AuditLog).order_by(AuditLog.id).all()
+        assert ["password" in r.fields for r in rows] == [True, False, True]
+        assert all("Secret" not in r.fields_json for r in rows)
+
+
+def test_password_needed_the_first_time(partner_admin, client, auth):
+    resp = post(client, auth, partner_admin["integration_id"], "connection",
+                {"username": "crmadmin", "password": "", "org_url": WEB, "action": "save"})
+    assert resp.status_code == 422 and "Enter the CRM password" in resp.text
+
+
+@pytest.mark.parametrize("value,message", [("101", "from 0 to 100"), ("-1", "from 0 to 100"),
+                                           ("abc", "from 0 to 100"), ("", "from 0 to 100")])
+def test_threshold_is_a_whole_number_from_0_to_100(partner_admin, client, auth, value, message, app):
+    resp = post(client, auth, partner_admin["integration_id"], "usage",
+                {"marketing_automation": "y", "ma_score_threshold": value})
+    assert resp.status_code == 422 and message in resp.text
+    assert integ(app, partner_admin["integration_id"]).ma_score_threshold == 50
+
+
+def test_usage_profile_saves_every_option(partner_admin, client, auth, app):
+    iid = partner_admin["integration_id"]
+    resp = post(client, auth, iid, "usage", {
+        "marketing_automation": "y", "ma_pull_contacts": "y", "ma_score_threshold": "70",
+        "ma_allow_field_updates": "y", "lead_distribution": "y", "ld_sync_supplier_leads": "y",
+        "ld_custom_fields_in_notes": "y"})
+    assert resp.status_code == 200 and 'data-saved="usage"' in resp.text
+    row = integ(app, iid)
+    assert (row.marketing_automation, row.ma_pull_contacts, row.ma_score_threshold) == (True, True, 70)
+    assert (row.ma_sync_leads, row.ma_pull_opportunities, row.ma_allow_field_updates) == (False, False, True)
+    assert (row.lead_distribution, row.ld_sync_supplier_leads, row.ld_custom_fields_in_notes) == (True, True, True)
+
+
+def test_pull_contacts_refused_when_leads_are_recorded_as_contacts(partner_admin, client, auth, app, factory):
+    iid = factory.integration(partner_admin["org_id"], record_leads_as="contact")
+    resp = post(client, auth, iid, "usage", {"marketing_automation": "y", "ma_pull_contacts": "y",
+                                             "ma_score_threshold": "50"})
+    assert resp.status_code == 422 and "not available while new leads are recorded as contacts" in resp.text
+    assert integ(app, iid).ma_pull_contacts is False
+
+
+def test_advanced_options(partner_admin, client, auth, app):
+    iid = partner_admin["integration_id"]
+    resp = post(client, auth, iid, "advanced", {"event_types": ["email_open", "sms_click"],
+                                                "create_campaigns": "y", "campaign_data_level": "everything"})
+    assert resp.status_code == 422 and "Not a valid choice" in resp.text
+    assert integ(app, iid).event_types != ["email_open", "sms_click"]  # nothing saved from an invalid form
+    resp = post(client, auth, iid, "advanced", {"event_types": ["email_open", "sms_click"], "create_campaigns": "y",
+                                                "campaign_data_level": "full"})
+    assert resp.status_code == 200
+    row = integ(app, iid)
+    assert row.event_types == ["email_open", "sms_click"] and row.create_campaigns
+    assert row.campaign_data_level == "full"
+    resp = post(client, auth, iid, "advanced", {"event_types": ["bogus"]})
+    assert resp.status_code == 422
+    # Campaigns off: the data level is not offered, and the saved level is kept for later.
+    resp = post(client, auth, iid, "advanced", {"event_types": ["email_open"]})
+    assert resp.status_code == 200
+    row = integ(app, iid)
+    assert not row.create_campaigns and row.campaign_data_level == "full"
+
+
+def test_without_javascript_a_section_saves_with_post_redirect_get(partner_admin, client, auth, app):
+    iid = partner_admin["integration_id"]
+    resp = post(client, auth, iid, "usage", {"lead_distribution": "y", "ma_score_threshold": "55"}, htmx=False)
+    assert resp.status_code == 302 and resp.headers["Location"].endswith(f"/settings/crm/{iid}/edit#usage")
+    assert "Usage Profile saved." in client.get(resp.headers["Location"]).text
+    bad = post(client, auth, iid, "usage", {"ma_score_threshold": "500"}, htmx=False)
+    assert bad.status_code == 422 and "<html" in bad.text and "from 0 to 100" in bad.text
+
+
+def test_inline_url_feedback_offers_to_append_web(partner_admin, client, auth):
+    iid = partner_admin["integration_id"]
+    token = auth.token(f"/settings/crm/{iid}/edit")
+    headers = {"HX-Request": "true", "X-CSRFToken": token}
+    resp = client.post(f"/settings/crm/{iid}/validate/org_url", data={"connection-org_url": WEB[:-4]},
+                       headers=headers)
+    assert "must end with /web" in resp.text and "data-append-web" in resp.text
+    resp = client.post(f"/settings/crm/{iid}/validate/org_url",
+                       data={"connection-org_url": WEB[:-4], "append_web": "1"}, headers=headers)
+    assert f'value="{WEB}"' in resp.text and "Appended /web" in resp.text
+    resp = client.post(f"/settings/crm/{iid}/validate/odata_url",
+                       data={"connection-odata_url": "gopher://127.0.0.1/"}, headers=headers)
+    assert "must start with http://" in resp.text
+
+
+def test_saving_changed_connection_switches_off_until_tested(partner_admin, client, auth, app):
+    iid = partner_admin["integration_id"]
+    post(client, auth, iid, "connection", {"username": "crmadmin", "password": "First-Secret-1", "org_url": WEB,
+                                           "action": "save"})
+    with app.app_context():
+        row = db.session.get(CrmIntegration, iid)
+        row.last_test_ok, row.last_test_fingerprint, row.enabled = True, row.connection_fingerprint(), True
+        db.session.commit()
+    post(client, auth, iid, "connection", {"username": "crmadmin", "org_url": WEB, "domain": "NEW",
+                                           "action": "save"})
+    assert integ(app, iid).enabled is False
