@@ -192,3 +192,35 @@ def partner_admin(factory, auth) -> dict:
     resp = auth.login("admin@acme.example")
     assert resp.status_code == 302
     return {"org_id": org_id, "integration_id": integration_id, "email": "admin@acme.example"}
+
+
+@pytest.fixture(scope="session")
+def crm_sandbox():
+    """One sandbox Dynamics CRM for the portal's tests (real NTLM on loopback); tests reset what they need."""
+    from sandbox.testing import SandboxServer
+
+    with SandboxServer(seed=True, platform_option=True) as server:
+        yield server
+
+
+@pytest.fixture
+def crm(crm_sandbox):
+    """The shared sandbox with its faults cleared after the test."""
+    yield crm_sandbox
+    crm_sandbox.clear_faults()
+
+
+@pytest.fixture
+def connected(app, factory, partner_admin, crm) -> dict:
+    """The signed-in partner's integration saved with the sandbox's connection settings."""
+    from portal.crypto import encrypt
+
+    with app.app_context():
+        from portal.models import CrmIntegration
+
+        row = db.session.get(CrmIntegration, partner_admin["integration_id"])
+        row.username, row.domain, row.org_url = crm.username, crm.domain, crm.org_url
+        row.odata_url = crm.webapi_url
+        row.password_encrypted = encrypt(crm.password)
+        db.session.commit()
+    return {**partner_admin, "crm": crm}

@@ -10,7 +10,17 @@ from .. import catalog, jobs_state
 from ..access import admin_required, own_integration
 from ..extensions import db
 from ..forms import CsrfOnlyForm, ToggleForm
-from ..models import BackgroundJob, CrmIntegration, audit, integration_for
+from ..models import (
+    BackgroundJob,
+    CrmIntegration,
+    IntegrationState,
+    Notice,
+    Organization,
+    audit,
+    integration_for,
+    partner_suppliers,
+    utcnow,
+)
 from ..queues import QUEUE_DEFAULT
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
@@ -54,13 +64,67 @@ def _last_health() -> BackgroundJob | None:
     )
 
 
+def _notices() -> list[Notice]:
+    return db.session.scalars(
+        select(Notice)
+        .where(Notice.organization_id == current_user.organization_id, Notice.dismissed_at.is_(None))
+        .order_by(Notice.created_at.desc())
+        .limit(20)
+    ).all()
+
+
 @bp.route("/crm")
 @admin_required
 def crm():
     """The listing of CRMs with their state, Edit Settings, On/Off and banners (L1–L3)."""
     return render_template(
-        "settings/crm.html", rows=_rows(), toggle_form=ToggleForm(), health=_last_health(), csrf_form=CsrfOnlyForm()
+        "settings/crm.html", rows=_rows(), toggle_form=ToggleForm(), health=_last_health(), csrf_form=CsrfOnlyForm(),
+        notices=_notices(), is_supplier=current_user.organization.is_supplier,
     )
+
+
+@bp.route("/notices/<int:notice_id>/dismiss", methods=["POST"])
+@admin_required
+def dismiss_notice(notice_id: int):
+    """Dismiss an in-portal notice of the signed-in user's organization."""
+    notice = db.session.get(Notice, notice_id)
+    if notice is None or notice.organization_id != current_user.organization_id:
+        abort(404)
+    if not CsrfOnlyForm().validate_on_submit():
+        abort(400)
+    notice.dismissed_at = utcnow()
+    db.session.commit()
+    if is_htmx():
+        return "", 200
+    return redirect(url_for("settings.crm"))
+
+
+@bp.route("/partners")
+@admin_required
+def partners():
+    """For a supplier: each partner's integration state (On, Off or Error) — never their settings (P3)."""
+    if not current_user.organization.is_supplier:
+        abort(404)
+    partner = Organization.__table__.alias("partner")
+    rows = db.session.execute(
+        select(
+            partner.c.id, partner.c.name, CrmIntegration.enabled, CrmIntegration.error_code,
+            CrmIntegration.error_at, CrmIntegration.last_test_ok, CrmIntegration.last_test_at,
+        )
+        .select_from(partner_suppliers)
+        .join(partner, partner.c.id == partner_suppliers.c.partner_id)
+        .outerjoin(CrmIntegration, CrmIntegration.organization_id == partner.c.id)
+        .where(partner_suppliers.c.supplier_id == current_user.organization_id)
+        .order_by(partner.c.name)
+    ).all()
+    summary = {state: 0 for state in IntegrationState}
+    shown = []
+    for row in rows:
+        state = (IntegrationState.error if row.error_code else
+                 IntegrationState.on if row.enabled else IntegrationState.off)
+        summary[state] += 1
+        shown.append((row, state))
+    return render_template("settings/partners.html", rows=shown, summary=summary)
 
 
 @bp.route("/crm/<int:integration_id>/toggle", methods=["POST"])

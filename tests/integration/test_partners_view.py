@@ -1,0 +1,60 @@
+"""A supplier sees its partners' integration health, never their settings; notices can be dismissed."""
+
+from __future__ import annotations
+
+from portal.extensions import db
+from portal.models import CrmIntegration, Notice
+
+
+def test_supplier_sees_state_of_its_partners_only(app, factory, auth, client):
+    factory.org("Acme Supplier", "supplier")
+    factory.org("Rival Supplier", "supplier")
+    on = factory.org("Alpha Partner", "partner", ("Acme Supplier",))
+    err = factory.org("Beta Partner", "partner", ("Acme Supplier", "Rival Supplier"))
+    factory.org("Gamma Partner", "partner", ("Acme Supplier",))  # never opened its settings: no integration row
+    factory.org("Rival Partner", "partner", ("Rival Supplier",))
+    factory.integration(on, enabled=True, username="alpha-crm-user", password="Alpha-Secret-1")
+    iid = factory.integration(err, enabled=True, username="beta-crm-user", org_url="http://127.0.0.1:9/x/web")
+    with app.app_context():
+        db.session.get(CrmIntegration, iid).set_error("auth_failed", "Refused.", "Check the password.")
+        db.session.commit()
+    factory.user("boss@acme.example", "Acme Supplier", "admin")
+    auth.login("boss@acme.example")
+    page = client.get("/settings/partners")
+    assert page.status_code == 200
+    text = page.text
+    assert 'data-partner="Alpha Partner"' in text and 'data-partner="Beta Partner"' in text
+    assert 'data-partner="Gamma Partner"' in text and "Rival Partner" not in text
+    alpha = text.split('data-partner="Alpha Partner"')[1].split("</tr>")[0]
+    beta = text.split('data-partner="Beta Partner"')[1].split("</tr>")[0]
+    gamma = text.split('data-partner="Gamma Partner"')[1].split("</tr>")[0]
+    assert 'data-state="On"' in alpha and 'data-state="Error"' in beta and 'data-state="Off"' in gamma
+    for secret in ("alpha-crm-user", "beta-crm-user", "Alpha-Secret-1", "127.0.0.1:9", "Check the password"):
+        assert secret not in text
+    assert "See your partners' CRM connections" in client.get("/settings/crm").text
+
+
+def test_partners_page_is_for_suppliers(partner_admin, client):
+    assert client.get("/settings/partners").status_code == 404
+
+
+def test_notice_shows_and_is_dismissed(app, partner_admin, client, auth):
+    with app.app_context():
+        db.session.add(Notice(organization_id=partner_admin["org_id"], message="The integration was switched Off."))
+        db.session.commit()
+        notice_id = db.session.query(Notice).one().id
+    assert "The integration was switched Off." in client.get("/settings/crm").text
+    token = auth.token()
+    resp = client.post(f"/settings/notices/{notice_id}/dismiss", data={"csrf_token": token})
+    assert resp.status_code == 302
+    assert "The integration was switched Off." not in client.get("/settings/crm").text
+
+
+def test_notice_of_another_organization_is_404(app, partner_admin, factory, client, auth):
+    other = factory.org("Other Partner")
+    with app.app_context():
+        db.session.add(Notice(organization_id=other, message="theirs"))
+        db.session.commit()
+        notice_id = db.session.query(Notice).one().id
+    resp = client.post(f"/settings/notices/{notice_id}/dismiss", data={"csrf_token": auth.token()})
+    assert resp.status_code == 404
