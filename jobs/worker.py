@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> None:
     with flask_app.app_context():
         names = [q for q in args.queues.split(",") if q] or queues.ALL_QUEUES
         conn = queues.redis()
+        from portal.schedule import ensure_schedules
+
+        ensure_schedules()
         # SimpleWorker runs jobs in this process: no fork per job, so a push starts in milliseconds.
         worker = SimpleWorker([queues.queue(n) for n in names], connection=conn)
         worker.work(burst=args.burst, with_scheduler=True, logging_level="INFO")

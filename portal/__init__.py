@@ -18,6 +18,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     db.init_app(app)
+    from . import platform_models  # noqa: F401 - registers the platform tables
     from .models import render_item
 
     migrate.init_app(

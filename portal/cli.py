@@ -71,8 +71,10 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(users)
     app.cli.add_command(seed_demo)
     from .cli_crm import crm
+    from .cli_sync import sync
 
     app.cli.add_command(crm)
+    app.cli.add_command(sync)
 
 
 @click.group(cls=AppGroup)

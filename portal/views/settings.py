@@ -147,6 +147,10 @@ def toggle(integration_id: int):
             integration.enabled = True
             integration.auth_failures = 0
             audit(current_user, integration.organization_id, "switched on", ["enabled"], integration.id)
+            from ..schedule import schedule_next_night
+
+            db.session.commit()
+            schedule_next_night(integration.id)
             flash(f"{integration.label} is On.", "success")
     elif integration.enabled:
         integration.enabled = False

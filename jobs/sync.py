@@ -1,0 +1,62 @@
+"""Sync jobs: thin wrappers around ``portal.sync`` (push at once, nightly, retry, acceptance)."""
+
+from __future__ import annotations
+
+import logging
+
+from .context import with_app
+
+log = logging.getLogger(__name__)
+
+
+@with_app
+def run(run_id: int, steps: list[str] | None = None, lead_ids: list[int] | None = None,
+        failure_ids: list[int] | None = None) -> dict:
+    """Carry out a queued run."""
+    from portal import sync
+
+    done = sync.execute(run_id, steps=steps, lead_ids=lead_ids, failure_ids=failure_ids)
+    log.info("sync run %s (%s): %s %s", run_id, done.kind, done.status.value, done.message)
+    if done.kind in ("push", "retry"):
+        from portal.schedule import schedule_retry
+
+        schedule_retry(done.integration_id)
+    return {"status": done.status.value, "message": done.message}
+
+
+@with_app
+def nightly(integration_id: int) -> dict:
+    """The scheduled nightly run of one integration; schedules the next night when done."""
+    from portal import sync
+    from portal.extensions import db
+    from portal.models import CrmIntegration
+    from portal.schedule import schedule_next_night
+
+    integration = db.session.get(CrmIntegration, integration_id)
+    if integration is None or not integration.enabled:
+        return {"status": "skipped", "message": "The integration is Off."}
+    run_row = sync.new_run(integration, "nightly", trigger="schedule")
+    done = sync.execute(run_row.id)
+    schedule_next_night(integration_id)
+    return {"status": done.status.value, "message": done.message}
+
+
+@with_app
+def acceptance(lead_id: int, integration_id: int) -> None:
+    """Qualify or disqualify the CRM lead after an accept or reject in the portal or the email."""
+    from portal import sync
+    from portal.connectors.dynamics import DynamicsError
+    from portal.extensions import db
+    from portal.health import record_failure
+    from portal.models import CrmIntegration
+    from portal.platform_models import Lead
+
+    lead = db.session.get(Lead, lead_id)
+    integration = db.session.get(CrmIntegration, integration_id)
+    try:
+        sync.push_acceptance(lead, integration)
+    except DynamicsError as exc:
+        record_failure(integration, exc.code, exc.message, exc.action)
+        db.session.commit()
+        if exc.retryable:
+            raise  # RQ's retry takes it from here

@@ -1,0 +1,203 @@
+"""Leads on the platform: distribution by a supplier (S1, S12), acceptance in any place, notification emails."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import smtplib
+from datetime import datetime
+from email.message import EmailMessage
+
+from flask import current_app, url_for
+from sqlalchemy import select
+
+from . import catalog, queues
+from .extensions import db
+from .models import CrmIntegration, Organization, OrgKind, Role, User, utcnow
+from .platform_models import (
+    STANDARD_FIELDS,
+    Acceptance,
+    Lead,
+    LeadOrigin,
+    MarketingEvent,
+    OutboxEmail,
+    normalize_email,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LeadError(ValueError):
+    """Input that cannot become a lead, with a message saying what to fix."""
+
+
+def clean_fields(data: dict) -> dict:
+    """The standard contact fields from input, trimmed and length-checked."""
+    out = {}
+    for name in STANDARD_FIELDS:
+        value = data.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str | int | float):
+            raise LeadError(f"{name} must be text.")
+        value = str(value).strip()
+        limit = Lead.__table__.c[name].type.length or 10000
+        if len(value) > limit:
+            raise LeadError(f"{name} is too long (at most {limit} characters).")
+        out[name] = value
+    return out
+
+
+def valid_email(email: str) -> str:
+    """The email, or a LeadError saying why it is not one."""
+    email = (email or "").strip()
+    if not email or "@" not in email or " " in email or len(email) > 320 or email.startswith("@") \
+            or email.endswith("@"):
+        raise LeadError("A lead needs a valid email address.")
+    return email
+
+
+def upsert_lead(org: Organization, data: dict, origin: LeadOrigin, *, supplier: Organization | None = None) -> Lead:
+    """Create or update a lead of an organization, matched by email (S3)."""
+    email = valid_email(data.get("email", ""))
+    fields = clean_fields(data)
+    score = data.get("score")
+    if score is not None:
+        try:
+            score = int(score)
+        except (TypeError, ValueError) as exc:
+            raise LeadError("score must be a whole number.") from exc
+        if not 0 <= score <= 100:
+            raise LeadError("score must be from 0 to 100.")
+    custom = data.get("custom_fields") or {}
+    if not isinstance(custom, dict):
+        raise LeadError("custom_fields must be an object of names and values.")
+    lead = db.session.scalar(select(Lead).where(Lead.organization_id == org.id,
+                                                Lead.email_normalized == normalize_email(email)))
+    if lead is None:
+        lead = Lead(organization_id=org.id, email=email, email_normalized=normalize_email(email), origin=origin,
+                    score=score or 0, **fields)
+        db.session.add(lead)
+    else:
+        changed = {k: v for k, v in fields.items() if getattr(lead, k) != v}
+        for key, value in changed.items():
+            setattr(lead, key, value)
+        if changed:
+            lead.fields_changed_at = utcnow()
+        if score is not None:
+            lead.score = score
+        if origin == LeadOrigin.distributed:
+            lead.origin = origin
+    if custom:
+        import json
+
+        lead.custom_fields_json = json.dumps({**lead.custom_fields, **{str(k): str(v) for k, v in custom.items()}})
+    if supplier is not None:
+        lead.supplier_id = supplier.id
+    db.session.flush()
+    return lead
+
+
+def add_events(lead: Lead, events: list[dict]) -> list[MarketingEvent]:
+    """Marketing events of a lead; each one of the eleven types (G4)."""
+    made = []
+    for item in events or []:
+        kind = item.get("type") or item.get("event_type")
+        if kind not in catalog.EVENT_TYPE_KEYS:
+            raise LeadError(f"Unknown event type {kind!r}: use one of {', '.join(catalog.EVENT_TYPE_KEYS)}.")
+        when = item.get("occurred_at")
+        try:
+            occurred = datetime.fromisoformat(when.replace("Z", "+00:00")) if when else utcnow()
+        except (AttributeError, ValueError) as exc:
+            raise LeadError("occurred_at must be an ISO 8601 time, e.g. 2026-11-26T10:00:00Z.") from exc
+        if occurred.tzinfo is None:
+            raise LeadError("occurred_at needs a time zone, e.g. 2026-11-26T10:00:00Z.")
+        event = MarketingEvent(organization_id=lead.organization_id, lead_id=lead.id, event_type=kind,
+                               occurred_at=occurred, details=str(item.get("details") or "")[:4000])
+        db.session.add(event)
+        made.append(event)
+    return made
+
+
+def dynamics_of(org_id: int) -> CrmIntegration | None:
+    """The organization's Dynamics integration, if it has one."""
+    return db.session.scalar(select(CrmIntegration).where(CrmIntegration.organization_id == org_id,
+                                                          CrmIntegration.kind == catalog.DYNAMICS))
+
+
+def distribute_lead(supplier: Organization, partner: Organization, data: dict) -> Lead:
+    """A supplier gives a lead to one of its partners: stored, the partner's owners notified, pushed at once."""
+    if supplier.kind != OrgKind.supplier:
+        raise LeadError("Only suppliers distribute leads.")
+    if supplier not in partner.suppliers:
+        raise LeadError(f"{partner.name} is not one of your partners.")
+    lead = upsert_lead(partner, data, LeadOrigin.distributed, supplier=supplier)
+    lead.distributed_at = utcnow()
+    lead.acceptance = Acceptance.pending
+    lead.acceptance_via = ""
+    lead.accept_token = secrets.token_urlsafe(32)
+    add_events(lead, data.get("events") or [])
+    db.session.commit()
+    notify_lead_owners(lead, supplier, partner)
+    push_now(lead)
+    return lead
+
+
+def push_now(lead: Lead) -> None:
+    """Queue the push of a distributed lead when the partner's integration is On with Synchronize Supplier Leads."""
+    integration = dynamics_of(lead.organization_id)
+    if integration is None or not integration.enabled or not (
+            integration.lead_distribution and integration.ld_sync_supplier_leads):
+        return
+    from .schedule import start_run
+
+    start_run(integration, "push", lead_ids=[lead.id], trigger=f"distributed lead {lead.id}")
+
+
+def set_acceptance(lead: Lead, accepted: bool, via: str) -> bool:
+    """Accept or reject a distributed lead (portal, email or CRM); the same state everywhere. True if changed."""
+    wanted = Acceptance.accepted if accepted else Acceptance.rejected
+    if lead.origin != LeadOrigin.distributed:
+        raise LeadError("Only distributed leads are accepted or rejected.")
+    if lead.acceptance == wanted:
+        return False
+    lead.acceptance, lead.acceptance_via, lead.acceptance_at = wanted, via, utcnow()
+    db.session.commit()
+    integration = dynamics_of(lead.organization_id)
+    if via != "crm" and integration is not None and integration.enabled:
+        queues.queue(queues.QUEUE_PUSH).enqueue("jobs.sync.acceptance", lead.id, integration.id, job_timeout=300)
+    return True
+
+
+def notify_lead_owners(lead: Lead, supplier: Organization, partner: Organization) -> OutboxEmail | None:
+    """Email the partner's default lead owners (its administrators) with accept and reject links (S12)."""
+    owners = db.session.scalars(select(User.email).where(User.organization_id == partner.id,
+                                                         User.role == Role.admin).order_by(User.email)).all()
+    if not owners:
+        return None
+    platform = current_app.config["PLATFORM_NAME"]
+    accept = url_for("leads.respond", token=lead.accept_token, answer="accept", _external=True)
+    reject = url_for("leads.respond", token=lead.accept_token, answer="reject", _external=True)
+    body = (
+        f"{supplier.name} sent you a new lead on {platform}:\n\n"
+        f"  {lead.full_name} <{lead.email}>\n  {lead.company} {lead.job_title}\n\n"
+        f"Accept it: {accept}\nReject it: {reject}\n\n"
+        "You can also accept or reject it in the portal, or by qualifying or disqualifying it in your CRM. "
+        "We recommend choosing one of these places to manage leads."
+    )
+    mail = OutboxEmail(organization_id=partner.id, to=", ".join(owners),
+                       subject=f"{platform}: new lead from {supplier.name}", body=body)
+    db.session.add(mail)
+    host = current_app.config.get("SMTP_HOST")
+    if host:
+        msg = EmailMessage()
+        msg["Subject"], msg["From"], msg["To"] = mail.subject, current_app.config["SMTP_FROM"], mail.to
+        msg.set_content(body)
+        try:
+            with smtplib.SMTP(host, current_app.config["SMTP_PORT"], timeout=10) as smtp:
+                smtp.send_message(msg)
+            mail.sent = True
+        except OSError:
+            log.exception("could not send the lead notification for lead %s", lead.id)
+    db.session.commit()
+    return mail

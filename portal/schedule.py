@@ -1,0 +1,69 @@
+"""When sync work runs: nightly slots spread over the night, retries with backoff, on-demand runs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from . import queues
+from .extensions import db
+from .models import CrmIntegration, utcnow
+from .platform_models import SyncFailure, SyncRun
+from .sync import new_run, nightly_slot
+
+NIGHTLY_KEY = "portal:nightly:{id}"
+
+
+def schedule_next_night(integration_id: int) -> None:
+    """Put the integration's next nightly run on the scheduler, once (a Redis key remembers it)."""
+    conn = queues.redis()
+    now = utcnow()
+    when = nightly_slot(integration_id, now)
+    if when <= now:
+        when = nightly_slot(integration_id, now + timedelta(days=1))
+    key = NIGHTLY_KEY.format(id=integration_id)
+    stamp = when.isoformat()
+    if conn.get(key) == stamp.encode():
+        return
+    queues.queue(queues.QUEUE_NIGHTLY).enqueue_at(when, "jobs.sync.nightly", integration_id,
+                                                  job_timeout=6 * 3600, result_ttl=86400)
+    conn.set(key, stamp, ex=int((when - now).total_seconds()) + 3600)
+
+
+def ensure_schedules() -> int:
+    """Schedule the next night of every integration that is On (at worker start and when switched On)."""
+    ids = db.session.scalars(select(CrmIntegration.id).where(CrmIntegration.enabled.is_(True))).all()
+    for integration_id in ids:
+        schedule_next_night(integration_id)
+    return len(ids)
+
+
+def schedule_retry(integration_id: int) -> None:
+    """After a run with transient failures, retry them when the earliest backoff expires."""
+    due = db.session.scalar(select(func.min(SyncFailure.next_attempt_at)).where(
+        SyncFailure.integration_id == integration_id, SyncFailure.status == "pending",
+        SyncFailure.retryable.is_(True)))
+    if due is None:
+        return
+    conn = queues.redis()
+    key = f"portal:retry:{integration_id}"
+    if not conn.set(key, "1", nx=True, ex=max(30, int((due - utcnow()).total_seconds()) + 30)):
+        return  # a retry is already scheduled
+    integration = db.session.get(CrmIntegration, integration_id)
+    run = new_run(integration, "retry", trigger="backoff")
+    queues.queue(queues.QUEUE_PUSH).enqueue_at(max(due, utcnow()), "jobs.sync.run", run.id,
+                                               job_timeout=3600)
+
+
+def start_run(integration: CrmIntegration, kind: str, *, dry_run: bool = False, steps: list[str] | None = None,
+              lead_ids: list[int] | None = None, failure_ids: list[int] | None = None,
+              trigger: str = "") -> SyncRun:
+    """Queue a run now: push at once on its own queue, the rest on the nightly queue."""
+    run = new_run(integration, kind, dry_run=dry_run, trigger=trigger)
+    queue_name = queues.QUEUE_PUSH if kind in ("push", "retry") else queues.QUEUE_NIGHTLY
+    job = queues.queue(queue_name).enqueue("jobs.sync.run", run.id, steps, lead_ids, failure_ids,
+                                           job_timeout=6 * 3600, result_ttl=3600, failure_ttl=86400)
+    run.job_id = job.id
+    db.session.commit()
+    return run
