@@ -126,3 +126,11 @@ def test_redact() -> None:
     text = "Authorization: NTLM TlRMTVNTUAABAAAAB4IIogAAAAAAAAAA password=hunter2 Cookie: a=b"
     out = redact(text)
     assert "TlRMTVNT" not in out and "hunter2" not in out and "a=b" not in out
+
+
+def test_pyspnego_token_logs_are_redacted(caplog: pytest.LogCaptureFixture) -> None:
+    token = "TlRMTVNTUAADAAAAGAAYAFgAAACSAJIAcAAAAA4ADgACAQAAEAAQABABAAAEAAQA"
+    assert "TlRMTVNT" not in redact(f"NTLM step output: {token}") and "TlRMTVNT" not in redact(token)
+    with caplog.at_level(logging.DEBUG, "spnego._ntlm"):
+        logging.getLogger("spnego._ntlm").debug("NTLM step output: %s", token)
+    assert caplog.records and "TlRMTVNT" not in caplog.text

@@ -87,16 +87,21 @@ class HttpResponse:
 # ---------------------------------------------------------------- secrets in logs
 
 _SECRET_RE = re.compile(
-    r"(?i)(authorization|proxy-authorization|www-authenticate|cookie|set-cookie|password)"
+    r"(?i)(authorization|proxy-authorization|www-authenticate|cookie|set-cookie|password"
+    # pyspnego logs each NTLM/SPNEGO token it sends or receives ("NTLM step output: TlRM...") at DEBUG.
+    r"|step input|step output|tsrequest input|tsrequest output)"
     r"(\s*[:=]\s*)([^\r\n,;&]+)"
 )
 _NTLM_TOKEN_RE = re.compile(r"(?i)\b(NTLM|Negotiate|Bearer|Basic)\s+[A-Za-z0-9+/=._-]{8,}")
+# A bare NTLM message: base64 of "NTLMSSP\0". The AUTHENTICATE one carries a crackable password response.
+_BARE_NTLM_RE = re.compile(r"TlRMTVNTUA[A-Za-z0-9+/=]*")
 
 
 def redact(text: str) -> str:
     """Blank out authorization headers, NTLM tokens, cookies and passwords in a text."""
     text = _SECRET_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
-    return _NTLM_TOKEN_RE.sub(lambda m: f"{m.group(1)} [redacted]", text)
+    text = _NTLM_TOKEN_RE.sub(lambda m: f"{m.group(1)} [redacted]", text)
+    return _BARE_NTLM_RE.sub("[redacted]", text)
 
 
 class RedactingFilter(logging.Filter):
@@ -115,6 +120,9 @@ class RedactingFilter(logging.Filter):
 
 
 log.addFilter(RedactingFilter())
+# Logger filters apply only to records made on that very logger, so each of pyspnego's gets its own.
+for _name in ("spnego._ntlm", "spnego._negotiate", "spnego._gss", "spnego._sspi", "spnego._credssp"):
+    logging.getLogger(_name).addFilter(RedactingFilter())
 
 
 def _loggable_url(url: str) -> str:
