@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -224,7 +224,9 @@ def test_status(integration_id: int, job_id: str):
     stuck = jobs_state.is_stuck_in_queue(job)
     ctx = _context(integration, {}, None)
     ctx.update(test=job, stuck=stuck)
-    resp = fragment("integrations/_test_status.html", **ctx)
+    # Not fragment(): its out-of-band flash would wipe the save's confirmation at the first poll.
+    resp = make_response(render_template("integrations/_test_status.html", **ctx))
+    resp.headers["Vary"] = "HX-Request"
     if job.done or stuck:
         resp.status_code = 286
     return resp
