@@ -188,7 +188,8 @@ def health_status(job_id: str):
     if row is None or row.organization_id != current_user.organization_id or row.kind != "health":
         abort(404)
     stuck = jobs_state.is_stuck_in_queue(row)
-    resp = fragment("settings/_health.html", health=row, stuck=stuck, csrf_form=CsrfOnlyForm())
+    # Not fragment(): an out-of-band flash at every poll would wipe the page's messages.
+    resp = make_response(render_template("settings/_health.html", health=row, stuck=stuck, csrf_form=CsrfOnlyForm()))
     if row.done or stuck:
         resp.status_code = 286
     return resp
