@@ -31,11 +31,15 @@ def create_app(overrides: dict | None = None) -> Flask:
     login_manager.session_protection = "strong"
     queues.init_app(app)
 
-    from .views import auth, integrations, settings
+    from .views import api, auth, integrations, leads, runs, settings, tokens
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(settings.bp)
     app.register_blueprint(integrations.bp)
+    app.register_blueprint(tokens.bp)
+    app.register_blueprint(leads.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(runs.bp)
     cli.init_app(app)
     _error_pages(app)
     _security_headers(app)

@@ -80,6 +80,9 @@ def load_config(overrides: dict | None = None) -> dict:
         "WTF_CSRF_TIME_LIMIT": None,  # pages stay open for long; the token is tied to the session instead
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "WORKER_STALE_SECONDS": env_int("WORKER_STALE_SECONDS", 5),
+        # Request bodies (forms and the JSON API) are small; refuse anything larger than this.
+        "MAX_CONTENT_LENGTH": env_int("MAX_CONTENT_LENGTH", 5 * 1024 * 1024),
+        "SYNC_PARALLEL_BATCHES": env_int("SYNC_PARALLEL_BATCHES", 2),
     }
     cfg.update(overrides)
     if "SECRET_KEY" not in cfg:

@@ -161,3 +161,38 @@ class AdvancedForm(FlaskForm):
     create_campaigns = BooleanField("Create Campaigns in CRM")
     # Not required: with campaigns off the field is not shown and the saved level is kept for later.
     campaign_data_level = RadioField("Campaign Send Data Level", choices=choices(catalog.CAMPAIGN_DATA_LEVELS))
+
+
+# --- API tokens and leads --------------------------------------------------------------------------------------
+
+
+class TokenForm(FlaskForm):
+    """A new API token: a name saying what uses it."""
+
+    name = StringField("Token name", validators=[DataRequired(message="Name the token after what will use it."),
+                                                 Length(max=100)])
+
+
+class DistributeForm(FlaskForm):
+    """A lead a supplier distributes to one of its partners (S1, S4)."""
+
+    partner_id = SelectField("Partner", coerce=int, validators=[InputRequired(message="Choose a partner.")])
+    email = EmailField("Email", validators=[DataRequired(message="A lead needs an email address."),
+                                            Email(check_deliverability=False,
+                                                  message="Enter a valid email address, e.g. ann@example.com."),
+                                            Length(max=320)])
+    first_name = StringField("First name", validators=[Optional(), Length(max=100)])
+    last_name = StringField("Last name", validators=[Optional(), Length(max=100)])
+    company = StringField("Company", validators=[Optional(), Length(max=200)])
+    job_title = StringField("Job title", validators=[Optional(), Length(max=200)])
+    phone = StringField("Phone", validators=[Optional(), Length(max=60)])
+    mobile_phone = StringField("Mobile phone", validators=[Optional(), Length(max=60)])
+    website = StringField("Website", validators=[Optional(), Length(max=300)])
+    address_line1 = StringField("Address", validators=[Optional(), Length(max=250)])
+    address_line2 = StringField("Address line 2", validators=[Optional(), Length(max=250)])
+    city = StringField("City", validators=[Optional(), Length(max=100)])
+    state = StringField("State or province", validators=[Optional(), Length(max=100)])
+    postal_code = StringField("Postal code", validators=[Optional(), Length(max=40)])
+    country = StringField("Country", validators=[Optional(), Length(max=100)])
+    description = StringField("Description", validators=[Optional(), Length(max=4000)], widget=widgets.TextArea())
+    score = IntegerField("Score", validators=[Optional(), NumberRange(min=0, max=100, message="From 0 to 100.")])

@@ -5,21 +5,25 @@ from __future__ import annotations
 import logging
 import secrets
 import smtplib
+from dataclasses import dataclass, field
 from datetime import datetime
 from email.message import EmailMessage
 
 from flask import current_app, url_for
-from sqlalchemy import select
+from sqlalchemy import case, select
+from sqlalchemy.orm import aliased
 
 from . import catalog, queues
 from .extensions import db
-from .models import CrmIntegration, Organization, OrgKind, Role, User, utcnow
+from .models import CrmIntegration, Organization, OrgKind, Role, User, partner_suppliers, utcnow
 from .platform_models import (
     STANDARD_FIELDS,
     Acceptance,
+    CrmActivity,
     Lead,
     LeadOrigin,
     MarketingEvent,
+    Opportunity,
     OutboxEmail,
     normalize_email,
 )
@@ -50,7 +54,7 @@ def clean_fields(data: dict) -> dict:
 
 def valid_email(email: str) -> str:
     """The email, or a LeadError saying why it is not one."""
-    email = (email or "").strip()
+    email = (email if isinstance(email, str) else "").strip()
     if not email or "@" not in email or " " in email or len(email) > 320 or email.startswith("@") \
             or email.endswith("@"):
         raise LeadError("A lead needs a valid email address.")
@@ -101,7 +105,11 @@ def upsert_lead(org: Organization, data: dict, origin: LeadOrigin, *, supplier: 
 def add_events(lead: Lead, events: list[dict]) -> list[MarketingEvent]:
     """Marketing events of a lead; each one of the eleven types (G4)."""
     made = []
+    if events is not None and not isinstance(events, list):
+        raise LeadError("events must be a list of objects, each with a type and an occurred_at time.")
     for item in events or []:
+        if not isinstance(item, dict):
+            raise LeadError("Each event must be an object with a type and an occurred_at time.")
         kind = item.get("type") or item.get("event_type")
         if kind not in catalog.EVENT_TYPE_KEYS:
             raise LeadError(f"Unknown event type {kind!r}: use one of {', '.join(catalog.EVENT_TYPE_KEYS)}.")
@@ -201,3 +209,96 @@ def notify_lead_owners(lead: Lead, supplier: Organization, partner: Organization
             log.exception("could not send the lead notification for lead %s", lead.id)
     db.session.commit()
     return mail
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading and answering: the API, the partner's and the supplier's lead pages share these.
+
+
+def save_marketing_lead(org: Organization, data: dict) -> tuple[Lead, bool]:
+    """Create or update one of the organization's own marketing leads with its events; True when created."""
+    if not isinstance(data, dict):
+        raise LeadError("A lead must be a JSON object of fields.")
+    existed = db.session.scalar(select(Lead.id).where(
+        Lead.organization_id == org.id, Lead.email_normalized == normalize_email(valid_email(data.get("email")))))
+    lead = upsert_lead(org, data, LeadOrigin.marketing)
+    add_events(lead, data.get("events"))
+    db.session.commit()
+    return lead, existed is None
+
+
+def partner_by_ref(supplier: Organization, ref: object) -> Organization | None:
+    """One of the supplier's partners, named by id or by name; None for anyone else (no hint they exist)."""
+    query = (select(Organization).join(partner_suppliers, partner_suppliers.c.partner_id == Organization.id)
+             .where(partner_suppliers.c.supplier_id == supplier.id))
+    if isinstance(ref, int) and not isinstance(ref, bool):
+        query = query.where(Organization.id == ref)
+    elif isinstance(ref, str) and ref.strip():
+        ref = ref.strip()
+        query = query.where(Organization.id == int(ref)) if ref.isdigit() else query.where(Organization.name == ref)
+    else:
+        return None
+    return db.session.scalar(query)
+
+
+def partners_of(supplier_id: int) -> list[Organization]:
+    """The supplier's partners, by name (one query)."""
+    return list(db.session.scalars(
+        select(Organization).join(partner_suppliers, partner_suppliers.c.partner_id == Organization.id)
+        .where(partner_suppliers.c.supplier_id == supplier_id).order_by(Organization.name)))
+
+
+@dataclass
+class DistributedLead:
+    """A lead a supplier distributed, with what the partner's CRM reported back (S13)."""
+
+    lead: Lead
+    partner_name: str
+    activities: list[CrmActivity] = field(default_factory=list)
+    opportunities: list[Opportunity] = field(default_factory=list)
+
+
+def distributed_by(supplier_id: int, *, limit: int = 100, offset: int = 0,
+                   partner_id: int | None = None) -> list[DistributedLead]:
+    """The supplier's distributed leads, newest first, with activities and opportunities: three queries in all."""
+    partner = aliased(Organization)
+    query = (select(Lead, partner.name).join(partner, partner.id == Lead.organization_id)
+             .where(Lead.supplier_id == supplier_id, Lead.origin == LeadOrigin.distributed))
+    if partner_id is not None:
+        query = query.where(Lead.organization_id == partner_id)
+    rows = db.session.execute(query.order_by(Lead.distributed_at.desc(), Lead.id.desc())
+                              .limit(limit).offset(offset)).all()
+    out = {lead.id: DistributedLead(lead, name) for lead, name in rows}
+    if out:
+        ids = list(out)
+        for act in db.session.scalars(select(CrmActivity).where(CrmActivity.lead_id.in_(ids))
+                                      .order_by(CrmActivity.due_at.desc(), CrmActivity.id.desc())):
+            out[act.lead_id].activities.append(act)
+        for opp in db.session.scalars(select(Opportunity).where(Opportunity.lead_id.in_(ids))
+                                      .order_by(Opportunity.id.desc())):
+            out[opp.lead_id].opportunities.append(opp)
+    return list(out.values())
+
+
+def leads_of(org_id: int, *, limit: int = 100, offset: int = 0) -> list[tuple[Lead, str | None]]:
+    """A partner's leads with their supplier's name: distributed ones first, newest first (one query)."""
+    supplier = aliased(Organization)
+    distributed_first = case((Lead.origin == LeadOrigin.distributed, 0), else_=1)
+    return [tuple(row) for row in db.session.execute(
+        select(Lead, supplier.name).outerjoin(supplier, supplier.id == Lead.supplier_id)
+        .where(Lead.organization_id == org_id)
+        .order_by(distributed_first, Lead.distributed_at.desc().nulls_last(), Lead.created_at.desc(), Lead.id.desc())
+        .limit(limit).offset(offset))]
+
+
+def own_lead(org_id: int, lead_id: int) -> Lead | None:
+    """The organization's lead, or None — never another organization's (P3)."""
+    return db.session.scalar(select(Lead).where(Lead.id == lead_id, Lead.organization_id == org_id))
+
+
+def lead_by_token(token: str) -> Lead | None:
+    """The distributed lead an email's accept/reject link names, or None."""
+    if not token or len(token) > 64:
+        return None
+    return db.session.scalar(select(Lead).where(Lead.accept_token == token,
+                                                Lead.origin == LeadOrigin.distributed))

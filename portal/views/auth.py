@@ -19,18 +19,23 @@ bp = Blueprint("auth", __name__)
 _DUMMY_HASH = "scrypt:32768:8:1$0000000000000000$" + "0" * 128
 
 
+def _home() -> str:
+    """Where a signed-in user starts: Settings for administrators, the leads for members."""
+    return url_for("settings.home") if current_user.is_admin else url_for("leads.index")
+
+
 def _safe_next(target: str | None) -> str:
     """Only same-site paths are followed after sign-in."""
     if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
         return target
-    return url_for("settings.home")
+    return _home()
 
 
 @bp.route("/")
 def index():
     """Home: the settings for administrators, the sign-in page otherwise."""
     if current_user.is_authenticated:
-        return redirect(url_for("settings.home"))
+        return redirect(_home())
     return redirect(url_for("auth.login"))
 
 

@@ -26,7 +26,7 @@ def settings_rules(app):
 
 def fill(rule, integration_id: int, job_id: str = "0" * 32) -> str:
     values = {"integration_id": integration_id, "job_id": job_id, "run_id": 1, "record_id": 1, "field": "org_url",
-              "notice_id": 1}
+              "notice_id": 1, "token_id": 1}
     return rule.build({k: values[k] for k in rule.arguments})[1]
 
 

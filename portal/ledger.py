@@ -1,0 +1,170 @@
+"""Reading the sync ledger for the Sync history pages: runs by page, one run's failures, CSV export, refusals."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+
+from flask import current_app
+from sqlalchemy import func, select
+
+from .extensions import db
+from .models import CrmIntegration, utcnow
+from .platform_models import RunStatus, SyncFailure, SyncRun
+from .sync import STEP_TITLES, running_run
+
+PAGE_SIZE = 50  # runs per page of the history
+FAILURES_SHOWN = 200  # failures listed on a run's page; the CSV export has them all
+CSV_CHUNK = 1000  # failures read at once while exporting, so memory stays flat
+KIND_LABELS = {"push": "Push", "nightly": "Nightly", "manual": "Sync now", "retry": "Retry"}
+ACTIVE = (RunStatus.queued, RunStatus.running)
+CSV_COLUMNS = ("run_id", "step", "operation", "entity", "local_type", "local_id", "crm_id", "code", "message",
+               "action", "raw", "status", "attempts", "created_at")
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def runs_page(integration_id: int, before: int | None = None) -> tuple[list[SyncRun], int | None]:
+    """One page of an integration's runs, newest first, in one query; and the id to ask for older runs, if any."""
+    query = select(SyncRun).where(SyncRun.integration_id == integration_id)
+    if before is not None:
+        query = query.where(SyncRun.id < before)
+    rows = list(db.session.scalars(query.order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1)))
+    if len(rows) > PAGE_SIZE:
+        rows = rows[:PAGE_SIZE]
+        return rows, rows[-1].id
+    return rows, None
+
+
+def run_of(integration: CrmIntegration, run_id: int) -> SyncRun | None:
+    """A run of this integration, or None (a run id of another integration counts as unknown)."""
+    run = db.session.get(SyncRun, run_id)
+    if run is None or run.integration_id != integration.id:
+        return None
+    return run
+
+
+def failures_of(run: SyncRun, limit: int = FAILURES_SHOWN) -> tuple[list[SyncFailure], int]:
+    """The first failures of a run, oldest first, and how many it has in all."""
+    total = db.session.scalar(select(func.count()).select_from(SyncFailure).where(SyncFailure.run_id == run.id))
+    rows = db.session.scalars(select(SyncFailure).where(SyncFailure.run_id == run.id)
+                              .order_by(SyncFailure.id).limit(limit)).all()
+    return list(rows), total or 0
+
+
+def pending_count(run: SyncRun) -> int:
+    """How many of the run's failures are still pending (what Retry all would send)."""
+    return db.session.scalar(select(func.count()).select_from(SyncFailure).where(
+        SyncFailure.run_id == run.id, SyncFailure.status == "pending")) or 0
+
+
+def waiting_for_worker(run: SyncRun, stale_seconds: float | None = None, now: datetime | None = None) -> bool:
+    """True when a queued run has waited longer than a worker normally takes to pick it up."""
+    if stale_seconds is None:
+        stale_seconds = current_app.config.get("WORKER_STALE_SECONDS", 5)
+    return run.status == RunStatus.queued and ((now or utcnow()) - run.created_at).total_seconds() > stale_seconds
+
+
+def pending_failure_ids(run: SyncRun, wanted: Sequence[int] | None = None) -> list[int]:
+    """Ids of the run's failures still pending, limited to ``wanted`` when given."""
+    query = select(SyncFailure.id).where(SyncFailure.run_id == run.id, SyncFailure.integration_id == run.integration_id,
+                                         SyncFailure.status == "pending")
+    if wanted is not None:
+        query = query.where(SyncFailure.id.in_(list(wanted)))
+    return list(db.session.scalars(query.order_by(SyncFailure.id)))
+
+
+def active_retry(integration_id: int) -> SyncRun | None:
+    """A retry run of this integration that is queued or running."""
+    return db.session.scalar(select(SyncRun).where(
+        SyncRun.integration_id == integration_id, SyncRun.kind == "retry", SyncRun.status.in_(ACTIVE))
+        .order_by(SyncRun.id.desc()).limit(1))
+
+
+def start_refusal(integration: CrmIntegration, kind: str) -> str | None:
+    """Why a run of this kind cannot start now (settings not saved and tested, or a run in progress), or None."""
+    problem = integration.switch_on_refusal()
+    if problem:
+        return f"Not started. {problem}"
+    busy = running_run(integration.id)
+    if busy is not None:
+        what = "A preview" if busy.dry_run else f"A {KIND_LABELS.get(busy.kind, busy.kind).lower()} run"
+        return (f"Not started. {what} (#{busy.id}) is already {busy.status.value}: "
+                "wait for it to finish, then try again.")
+    if kind == "retry":
+        retry = active_retry(integration.id)
+        if retry is not None:
+            return f"Not started. A retry (#{retry.id}) is already {retry.status.value}: wait for it to finish."
+    return None
+
+
+def retry_refusal(run: SyncRun) -> str | None:
+    """Why this run's failures cannot be retried from it (still going, or a preview), or None."""
+    if run.dry_run:
+        return "A preview writes nothing, so its records are not retried: use Sync now for a real run."
+    if not run.done:
+        return "This run is still going: retry its failed records once it has finished."
+    return None
+
+
+def duration(run: SyncRun, now: datetime | None = None) -> str:
+    """How long the run took (or has taken so far), for a person: "850 ms", "12.3 s", "4 min 05 s", "2 h 03 min"."""
+    if run.started_at is None:
+        return ""
+    seconds = ((run.finished_at or now or utcnow()) - run.started_at).total_seconds()
+    if seconds < 1:
+        return f"{max(0, round(seconds * 1000))} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def step_title(name: str) -> str:
+    """A step's title as the pages show it."""
+    return STEP_TITLES.get(name, name.replace("_", " ").capitalize() if name else "")
+
+
+def kind_label(run: SyncRun) -> str:
+    """What started the run, in words."""
+    return "Preview" if run.dry_run else KIND_LABELS.get(run.kind, run.kind)
+
+
+def csv_safe(value: object) -> str:
+    """A cell as text, with a leading quote when a spreadsheet would otherwise read it as a formula."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value)
+    return "'" + text if isinstance(value, str) and text.startswith(FORMULA_STARTS) else text
+
+
+def failures_csv(run: SyncRun) -> Iterator[str]:
+    """The run's failures as CSV text, a header then chunks of rows, read from the database in id order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(CSV_COLUMNS)
+    yield flush()
+    last_id = 0
+    while True:
+        chunk = db.session.scalars(select(SyncFailure).where(SyncFailure.run_id == run.id, SyncFailure.id > last_id)
+                                   .order_by(SyncFailure.id).limit(CSV_CHUNK)).all()
+        if not chunk:
+            return
+        for failure in chunk:
+            writer.writerow([csv_safe(getattr(failure, name)) for name in CSV_COLUMNS])
+        last_id = chunk[-1].id
+        yield flush()

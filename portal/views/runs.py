@@ -1,0 +1,180 @@
+"""Sync history: an integration's runs with live progress, Sync now, Preview, a run's failures, Retry and CSV."""
+
+from __future__ import annotations
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    flash,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
+from flask_login import current_user
+
+from .. import ledger, schedule
+from ..access import admin_required, own_integration
+from ..extensions import db
+from ..forms import CsrfOnlyForm
+from ..models import CrmIntegration, audit
+from ..platform_models import SyncRun
+from .settings import fragment, is_htmx
+
+bp = Blueprint("runs", __name__, url_prefix="/settings/crm")
+
+
+# The ledger's formatting helpers, as a global so that imported macros see them too.
+bp.add_app_template_global(ledger, "ledger")
+
+
+def _run_or_404(integration: CrmIntegration, run_id: int) -> SyncRun:
+    run = ledger.run_of(integration, run_id)
+    if run is None:
+        abort(404)
+    return run
+
+
+def _history_context(integration: CrmIntegration) -> dict:
+    before = request.args.get("before", type=int)
+    runs, older = ledger.runs_page(integration.id, before)
+    return {"row": integration, "runs": runs, "older": older, "before": before, "csrf_form": CsrfOnlyForm()}
+
+
+@bp.route("/<int:integration_id>/runs")
+@admin_required
+def history(integration_id: int):
+    """The integration's runs, newest first, 50 a page; queued and running ones show live progress."""
+    integration = own_integration(integration_id)
+    ctx = _history_context(integration)
+    if is_htmx():
+        return fragment("runs/_runs.html", **ctx)
+    resp = make_response(render_template("runs/history.html", **ctx))
+    resp.headers["Vary"] = "HX-Request"
+    return resp
+
+
+def _start(integration_id: int, *, dry_run: bool):
+    """Sync now or Preview: refuse with a reason, or queue the run; then the list (htmx) or PRG."""
+    integration = own_integration(integration_id)
+    if not CsrfOnlyForm().validate_on_submit():
+        abort(400)
+    refusal = ledger.start_refusal(integration, "manual")
+    status = 200
+    if refusal:
+        flash(refusal, "error")
+        status = 409
+    else:
+        what = "Preview" if dry_run else "Sync now"
+        run = schedule.start_run(integration, "manual", dry_run=dry_run,
+                                 trigger=f"{what} · {current_user.email}"[:100])
+        audit(current_user, integration.organization_id, "asked for a preview" if dry_run else "started a sync",
+              [], integration.id)
+        db.session.commit()
+        flash(f"Preview #{run.id} queued: it reads the CRM and changes nothing." if dry_run
+              else f"Run #{run.id} queued.", "success")
+    if is_htmx():
+        return fragment("runs/_runs.html", status=status, **_history_context(integration))
+    return redirect(url_for("runs.history", integration_id=integration.id))
+
+
+@bp.route("/<int:integration_id>/runs/sync", methods=["POST"])
+@admin_required
+def sync_now(integration_id: int):
+    """Sync now: queue a manual run of the nightly steps."""
+    return _start(integration_id, dry_run=False)
+
+
+@bp.route("/<int:integration_id>/runs/preview", methods=["POST"])
+@admin_required
+def preview(integration_id: int):
+    """Preview: a dry run that counts what a run would create, update and skip, with samples."""
+    return _start(integration_id, dry_run=True)
+
+
+def _detail_context(integration: CrmIntegration, run: SyncRun) -> dict:
+    failures, total = ledger.failures_of(run)
+    pending = ledger.pending_count(run) if total else 0
+    return {"row": integration, "run": run, "failures": failures, "failure_total": total, "pending": pending,
+            "shown_limit": ledger.FAILURES_SHOWN, "csrf_form": CsrfOnlyForm()}
+
+
+@bp.route("/<int:integration_id>/runs/<int:run_id>")
+@admin_required
+def detail(integration_id: int, run_id: int):
+    """One run: its steps, its failed records with what to do, Retry and Export CSV."""
+    integration = own_integration(integration_id)
+    run = _run_or_404(integration, run_id)
+    ctx = _detail_context(integration, run)
+    if is_htmx():
+        return fragment("runs/_run_body.html", **ctx)
+    resp = make_response(render_template("runs/detail.html", **ctx))
+    resp.headers["Vary"] = "HX-Request"
+    return resp
+
+
+@bp.route("/<int:integration_id>/runs/<int:run_id>/status")
+@admin_required
+def status(integration_id: int, run_id: int):
+    """A run's row (or, with part=body, its page body) read from SQL; 286 stops the polling once it is done."""
+    integration = own_integration(integration_id)
+    run = _run_or_404(integration, run_id)
+    if request.args.get("part") == "body":
+        body = render_template("runs/_run_body.html", **_detail_context(integration, run))
+    else:
+        body = render_template("runs/_run_row.html", row=integration, run=run)
+    # Not fragment(): its out-of-band flash would wipe a message at the first poll.
+    resp = make_response(body, 286 if run.done else 200)
+    resp.headers["Vary"] = "HX-Request"
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@bp.route("/<int:integration_id>/runs/<int:run_id>/retry", methods=["POST"])
+@admin_required
+def retry(integration_id: int, run_id: int):
+    """Retry one failed record (failure_id) or all the run's pending ones, as a retry run."""
+    integration = own_integration(integration_id)
+    run = _run_or_404(integration, run_id)
+    if not CsrfOnlyForm().validate_on_submit():
+        abort(400)
+    one = request.form.get("failure_id", type=int)
+    if request.form.get("failure_id") and one is None:
+        abort(400)
+    ids = ledger.pending_failure_ids(run, [one] if one is not None else None)
+    refusal = ledger.retry_refusal(run)
+    if not ids and not refusal:
+        refusal = ("Nothing to retry: this record is no longer pending." if one is not None
+                   else "Nothing to retry: this run has no pending failures.")
+    refusal = refusal or ledger.start_refusal(integration, "retry")
+    if refusal:
+        flash(refusal, "error")
+        if is_htmx():
+            return fragment("runs/_run_body.html", status=409, **_detail_context(integration, run))
+        return redirect(url_for("runs.detail", integration_id=integration.id, run_id=run.id))
+    new = schedule.start_run(integration, "retry", failure_ids=ids,
+                             trigger=f"Retry of #{run.id} · {current_user.email}"[:100])
+    audit(current_user, integration.organization_id, f"retried {len(ids)} failed record(s)", [], integration.id)
+    db.session.commit()
+    flash(f"Retry #{new.id} queued for {len(ids)} record{'s' if len(ids) != 1 else ''}.", "success")
+    target = url_for("runs.detail", integration_id=integration.id, run_id=new.id)
+    if is_htmx():
+        resp = make_response("", 200)
+        resp.headers["HX-Redirect"] = target
+        return resp
+    return redirect(target)
+
+
+@bp.route("/<int:integration_id>/runs/<int:run_id>/failures.csv")
+@admin_required
+def failures_csv(integration_id: int, run_id: int):
+    """Every failed record of the run as CSV, streamed; cells that a spreadsheet would run are neutralised."""
+    integration = own_integration(integration_id)
+    run = _run_or_404(integration, run_id)
+    resp = Response(stream_with_context(ledger.failures_csv(run)), mimetype="text/csv")
+    resp.headers["Content-Disposition"] = f'attachment; filename="sync-run-{run.id}-failures.csv"'
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
