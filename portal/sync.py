@@ -18,13 +18,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import aliased
 
 from . import catalog
+from .config import env_int
 from .connection import config_for
 from .connectors.dynamics import DynamicsError, OrganizationService, Transport
-from .connectors.dynamics.errors import ServerBusyError
+from .connectors.dynamics.errors import RequestTimeoutError, ServerBusyError, ServerError, UnreachableError
 from .connectors.dynamics.soap import BatchItemResult, CreateRequest, UpdateRequest, fetch_xml
 from .connectors.dynamics.xml import EntityReference, Money, OptionSetValue
 from .extensions import db
@@ -53,6 +54,9 @@ BATCH = 1000  # ExecuteMultiple's limit
 LOOKUP_CHUNK = 1000  # emails per FetchXML `in` lookup
 DB_CHUNK = 1000  # local rows handled at once, so memory stays flat
 PAGE = 5000  # FetchXML page size when reading
+READ_TRIES = 4  # a read that meets a transient fault is tried again (reads change nothing)
+# Faults of one request that say nothing about the records in it: the request is tried again later.
+TRANSIENT = (ServerBusyError, ServerError, RequestTimeoutError, UnreachableError)
 
 # Platform field -> CRM attribute, for leads; contacts have no company name.
 LEAD_ATTRS = {
@@ -135,8 +139,27 @@ class CrmGateway:
             t.close()
 
     def fetch(self, fetchxml: str) -> Iterator:
-        """Every record of a FetchXML query, one page in memory."""
-        yield from self.service().iter_fetch(fetchxml, page_size=PAGE)
+        """Every record of a FetchXML query, one page in memory.
+
+        A transient fault (Server Busy, HTTP 500, a dropped connection, a timeout) makes the query start again,
+        skipping the records already given: every query here is ordered by the primary id, so the order is stable.
+        """
+        given, tries = 0, 0
+        while True:
+            seen = 0
+            try:
+                for rec in self.service().iter_fetch(fetchxml, page_size=PAGE):
+                    seen += 1
+                    if seen > given:
+                        given += 1
+                        yield rec
+                return
+            except TRANSIENT:
+                tries += 1
+                if tries >= READ_TRIES:
+                    raise
+                self.busy_events += 1
+                time.sleep(0.2 * 2 ** tries)
 
     def find_by_email(self, entity: str, emails: Sequence[str]) -> dict[str, str]:
         """Existing CRM records by normalised email (emailaddress1), looked up in chunks."""
@@ -152,7 +175,14 @@ class CrmGateway:
         return found
 
     def write(self, requests: Sequence) -> list[BatchItemResult]:
-        """Send requests in ExecuteMultiple batches, several at once; on Server Busy halve the lanes and retry."""
+        """Send requests in ExecuteMultiple batches, several at once; on Server Busy halve the lanes and retry.
+
+        One bad record never sinks its batch (ContinueOnError): it comes back as a failed item. A batch that meets
+        a transient fault as a whole (HTTP 500, a dropped connection, a timeout, or Server Busy after six tries)
+        comes back as failed items marked retryable and ``outcome_unknown`` (the CRM may have written them): the
+        caller records them for a later run, which finds what was written (leads by email, notes by reference).
+        Authentication and other run-level faults still stop the run.
+        """
         batches = [list(requests[i:i + BATCH]) for i in range(0, len(requests), BATCH)]
         results: list[list[BatchItemResult] | None] = [None] * len(batches)
         lanes = self.parallel
@@ -161,11 +191,13 @@ class CrmGateway:
         while pending:
             failed_busy: list[int] = []
 
-            def send(index: int) -> tuple[int, list[BatchItemResult] | None]:
+            def send(index: int) -> tuple[int, list[BatchItemResult] | DynamicsError | None]:
                 try:
                     return index, self.service().execute_multiple(batches[index])
                 except ServerBusyError:
                     return index, None
+                except TRANSIENT as exc:
+                    return index, exc
 
             if lanes == 1 or len(pending) == 1:
                 outcomes = [send(i) for i in pending]
@@ -175,13 +207,18 @@ class CrmGateway:
             for index, outcome in outcomes:
                 if outcome is None:
                     failed_busy.append(index)
+                elif isinstance(outcome, DynamicsError):
+                    results[index] = self._batch_failed(batches[index], outcome)
                 else:
                     results[index] = outcome
             if failed_busy:
                 self.busy_events += 1
                 attempt += 1
                 if attempt > 6:
-                    raise ServerBusyError("The CRM stayed busy after six tries.")
+                    busy = ServerBusyError("The CRM stayed busy after six tries.")
+                    for index in failed_busy:
+                        results[index] = self._batch_failed(batches[index], busy, unknown=False)
+                    break
                 lanes = max(1, lanes // 2)  # the server asks us to slow down
                 time.sleep(min(8.0, 0.25 * 2 ** attempt))
             pending = failed_busy
@@ -190,6 +227,17 @@ class CrmGateway:
             for item in batch_results or []:
                 flat.append(BatchItemResult(offset * BATCH + item.index, item.ok, item.id, item.error, item.skipped))
         return flat
+
+    @staticmethod
+    def _batch_failed(batch: list, exc: DynamicsError, unknown: bool = True) -> list[BatchItemResult]:
+        """Every item of a batch that failed as a whole, as a retryable failure."""
+        error = exc
+        if not exc.retryable:
+            error = DynamicsError(exc.message, action="Nothing to change: the portal tries again later.",
+                                  detail=exc.detail, retryable=True)
+            error.code = exc.code
+        error.outcome_unknown = unknown  # the CRM may have written them before the fault
+        return [BatchItemResult(i, False, None, error) for i in range(len(batch))]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -428,8 +476,7 @@ class Runner:
         c = self.counts
         types = catalog.EVENT_TYPE_KEYS if all_types else self.integration.event_types
         if not types:
-            c.note = "No lead event types are selected (Advanced General Options)."
-            return
+            c.note = "No lead event types are selected (Advanced General Options): only distributed leads' events."
         labels = dict(catalog.EVENT_TYPES)
         self.reconcile_inflight_events()
         lead_links = {}
@@ -439,8 +486,10 @@ class Runner:
                       & (lead_link.integration_id == self.integration.id) & (lead_link.crm_id != ""))
                 .outerjoin(event_link, (event_link.local_id == MarketingEvent.id) & (event_link.local_type == "event")
                            & (event_link.integration_id == self.integration.id))
-                .where(MarketingEvent.organization_id == self.org_id, MarketingEvent.event_type.in_(types),
-                       event_link.id.is_(None)))
+                .join(Lead, Lead.id == MarketingEvent.lead_id)
+                .where(MarketingEvent.organization_id == self.org_id, event_link.id.is_(None),
+                       # Distributed leads carry all their events (G3, S6); the others the selected types (G4).
+                       or_(MarketingEvent.event_type.in_(types), Lead.origin == LeadOrigin.distributed)))
         if lead_ids is not None:
             base = base.where(MarketingEvent.lead_id.in_(list(lead_ids)))
         total = db.session.scalar(select(func.count()).select_from(base.subquery()))
@@ -477,9 +526,12 @@ class Runner:
                 if item.ok and item.id:
                     ok.append((event.id, item.id))
                 else:
-                    db.session.execute(delete(CrmLink).where(
-                        CrmLink.integration_id == self.integration.id, CrmLink.local_type == "event",
-                        CrmLink.local_id == event.id))
+                    if not getattr(item.error, "outcome_unknown", False):
+                        # Refused for certain: no note was written. Otherwise the in-flight marker stays, and the
+                        # next run finds the note by its reference or sends it again.
+                        db.session.execute(delete(CrmLink).where(
+                            CrmLink.integration_id == self.integration.id, CrmLink.local_type == "event",
+                            CrmLink.local_id == event.id))
                     self.fail("create", "annotation", item.error or "Not processed.", local_type="event",
                               local_id=event.id)
             for event_id, crm_id in ok:
@@ -501,6 +553,11 @@ class Runner:
         ).all()
         if not pending:
             return
+        others = db.session.scalars(select(SyncRun).where(
+            SyncRun.integration_id == self.integration.id, SyncRun.id != self.run.id,
+            SyncRun.status == RunStatus.running)).all()
+        if any(run_alive(r) for r in others):
+            return  # another live run may have these notes in flight: they are left to a later run
         lead_guids = {link.local_id: link.crm_id for link in
                       self.links("lead", list({lead_id for _, lead_id in pending})).values()}
         wanted = {event_id for event_id, _ in pending}
@@ -527,6 +584,7 @@ class Runner:
                 db.session.execute(delete(CrmLink).where(
                     CrmLink.integration_id == self.integration.id, CrmLink.local_type == "event",
                     CrmLink.local_id == event_id))
+        self.resolve_failures("event", list(found))
         db.session.commit()
         log.info("reconciled %d in-flight notes (%d found in the CRM)", len(wanted), len(found))
 
@@ -945,20 +1003,77 @@ def new_run(integration: CrmIntegration, kind: str, *, dry_run: bool = False, tr
     return run
 
 
+def lock_name(integration_id: int, kind: str) -> str:
+    """The Redis lock of a run kind: pushes have their own, every other run shares one per integration."""
+    return f"portal:sync-lock:{integration_id}:{'push' if kind in ('push', 'acceptance') else 'run'}"
+
+
+def lock_seconds() -> int:
+    """How long a lock outlives its holder: its holder extends it while alive, so a killed worker's lock expires.
+
+    Longer than the connector's read timeout, so that a dead holder's last request is over when another run starts.
+    """
+    return int(current_app.config.get("SYNC_LOCK_SECONDS") or env_int("SYNC_LOCK_SECONDS", 90))
+
+
 @contextlib.contextmanager
-def integration_lock(integration_id: int, kind: str) -> Iterator[bool]:
-    """One nightly/manual run per integration at a time (pushes have their own short lock)."""
+def integration_lock(integration_id: int, kind: str, run_id: int | None = None) -> Iterator[bool]:
+    """One nightly/manual run per integration at a time (pushes have their own short lock).
+
+    The lock's value names the run holding it, and a thread extends it while the run is alive; a worker killed
+    mid-run leaves a lock that expires after ``lock_seconds`` instead of blocking the integration for hours.
+    """
     from . import queues
 
-    name = f"portal:sync-lock:{integration_id}:{'push' if kind in ('push', 'acceptance') else 'run'}"
-    lock = queues.redis().lock(name, timeout=3600 * 6, blocking_timeout=30 if kind == "push" else 0)
-    got = lock.acquire()
+    ttl = lock_seconds()
+    lock = queues.redis().lock(lock_name(integration_id, kind), timeout=ttl,
+                               blocking_timeout=30 if kind == "push" else 0, thread_local=False)
+    got = lock.acquire(token=f"run-{run_id}" if run_id is not None else None)
+    stop = threading.Event()
+    beat = None
+    if got:
+        def extend() -> None:
+            while not stop.wait(ttl / 3):
+                with contextlib.suppress(Exception):
+                    lock.reacquire()
+
+        beat = threading.Thread(target=extend, name=f"sync-lock-{integration_id}", daemon=True)
+        beat.start()
     try:
         yield bool(got)
     finally:
+        stop.set()
+        if beat is not None:
+            beat.join(timeout=5)
         if got:
             with contextlib.suppress(Exception):
                 lock.release()
+
+
+def run_alive(run: SyncRun) -> bool:
+    """True while a run is running and still holds its lock (its worker is alive)."""
+    from . import queues
+
+    if run.status != RunStatus.running:
+        return False
+    held = queues.redis().get(lock_name(run.integration_id, run.kind))
+    return held is not None and held.decode() == f"run-{run.id}"
+
+
+def close_stopped_runs(integration_id: int, current_id: int) -> int:
+    """Runs left "running" by a worker that died (their lock is gone): marked failed, saying why."""
+    rows = db.session.scalars(select(SyncRun).where(
+        SyncRun.integration_id == integration_id, SyncRun.id != current_id,
+        SyncRun.status == RunStatus.running)).all()
+    stopped = [r for r in rows if not run_alive(r)]
+    for row in stopped:
+        row.status = RunStatus.failed
+        row.finished_at = utcnow()
+        row.message = ("The worker stopped before this run finished (it was killed or restarted). Nothing is lost: "
+                       "the records it did not finish are picked up by the next run.")
+    if stopped:
+        db.session.commit()
+    return len(stopped)
 
 
 def execute(run_id: int, steps: Sequence[str] | None = None, lead_ids: Sequence[int] | None = None,
@@ -966,7 +1081,7 @@ def execute(run_id: int, steps: Sequence[str] | None = None, lead_ids: Sequence[
     """Carry out a run: the steps of a nightly run, a push of given leads, or a retry of failures."""
     run = db.session.get(SyncRun, run_id)
     integration = db.session.get(CrmIntegration, run.integration_id)
-    with integration_lock(integration.id, run.kind) as got:
+    with integration_lock(integration.id, run.kind, run.id) as got:
         if not got:
             run.status = RunStatus.failed
             run.message = "Another run of this integration is in progress: this one was not started."
@@ -975,6 +1090,7 @@ def execute(run_id: int, steps: Sequence[str] | None = None, lead_ids: Sequence[
             return run
         run.status, run.started_at = RunStatus.running, utcnow()
         db.session.commit()
+        close_stopped_runs(integration.id, run.id)
         runner = None
         try:
             runner = Runner(integration, run, gateway)
@@ -998,7 +1114,8 @@ def execute(run_id: int, steps: Sequence[str] | None = None, lead_ids: Sequence[
             if not run.dry_run:
                 record_success(db.session.get(CrmIntegration, integration.id))
         except DynamicsError as exc:
-            _abort(run_id, integration.id, exc)
+            _abort(run_id, integration.id, exc,
+                   pending_leads=list(lead_ids or ()) if run.kind == "push" and exc.retryable else ())
         except Exception as exc:
             log.exception("sync run %s crashed", run_id)
             _abort(run_id, integration.id, DynamicsError(f"The run stopped on an internal error: {exc}",
@@ -1013,11 +1130,30 @@ def execute(run_id: int, steps: Sequence[str] | None = None, lead_ids: Sequence[
     return run
 
 
-def _abort(run_id: int, integration_id: int, exc: DynamicsError) -> None:
+def _abort(run_id: int, integration_id: int, exc: DynamicsError, pending_leads: Sequence[int] = ()) -> None:
     db.session.rollback()
     run = db.session.get(SyncRun, run_id)
     run.status = RunStatus.failed
     run.message = f"{exc.message} What to do: {exc.action}"
+    # A push stopped by a transient fault: its leads wait as retryable failures, so the retry comes soon
+    # (not only with the nightly catch-up).
+    linked = set(db.session.scalars(select(CrmLink.local_id).where(
+        CrmLink.integration_id == integration_id, CrmLink.local_type == "lead",
+        CrmLink.local_id.in_(list(pending_leads) or [-1]))))
+    entity = db.session.get(CrmIntegration, integration_id).record_leads_as
+    for lead_id in [i for i in pending_leads if i not in linked]:
+        previous = db.session.scalar(select(SyncFailure).where(
+            SyncFailure.integration_id == integration_id, SyncFailure.status == "pending",
+            SyncFailure.local_type == "lead", SyncFailure.local_id == lead_id).limit(1))
+        attempts = previous.attempts + 1 if previous else 1
+        if previous:
+            previous.status = "superseded"
+        db.session.add(SyncFailure(
+            run_id=run_id, integration_id=integration_id, step="push", operation="create", entity=entity,
+            local_type="lead", local_id=lead_id, code=exc.code, message=exc.message, action=exc.action,
+            raw=str(exc.detail or "")[:20000], retryable=True, attempts=attempts,
+            next_attempt_at=utcnow() + backoff(attempts)))
+        run.failed_count += 1
     if not run.dry_run:
         record_failure(db.session.get(CrmIntegration, integration_id), exc.code, exc.message, exc.action)
     db.session.commit()

@@ -1,0 +1,212 @@
+"""The engine under faults: bad records, transient faults, authentication failures, two runs at once."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from portal import sync
+from portal.connectors.dynamics.xml import OptionSetValue
+from portal.extensions import db
+from portal.models import CrmIntegration, Notice
+from portal.platform_models import LeadOrigin, RunStatus, SyncRun
+
+from .sync_helpers import (
+    add_event,
+    configure,
+    emails_in_crm,
+    event_ids,
+    failures,
+    make_leads,
+    note_refs,
+    run_steps,
+    wait_for,
+)
+
+
+@pytest.fixture
+def ready(connected):
+    """An empty sandbox (with the platform's lead source) and an integration that pushes distributed leads."""
+    connected["crm"].reset(seed=False, platform_option=True)
+    return connected
+
+
+def test_one_bad_record_never_sinks_its_batch(app, ready, monkeypatch):
+    crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
+    configure(app, iid, marketing_automation=True, event_types=["email_click"])
+    ids = make_leads(app, org, 6, prefix="batch", events=("email_click",))
+    real = sync.Runner.lead_attributes
+
+    def one_bad(self, lead, entity, *, creating):
+        attrs = real(self, lead, entity, creating=creating)
+        if lead.email == "batch3@example.net":
+            attrs["leadsourcecode"] = OptionSetValue(424242)  # not an option of Lead Source: the CRM refuses it
+        return attrs
+
+    monkeypatch.setattr(sync.Runner, "lead_attributes", one_bad)
+    run = run_steps(app, iid, ["push_marketing_leads", "push_events"])
+    assert run["status"] == "partial", run
+    assert run["steps"]["push_marketing_leads"]["created"] == 5
+    assert run["steps"]["push_marketing_leads"]["failed"] == 1
+    assert set(emails_in_crm(crm)) == {f"batch{i}@example.net" for i in range(6) if i != 3}
+    (bad,) = failures(app, iid)
+    assert (bad["local_type"], bad["local_id"], bad["operation"], bad["entity"]) == ("lead", ids[3], "create", "lead")
+    assert "424242" in bad["message"] and bad["action"] and bad["raw"]
+    assert bad["retryable"] is False and bad["next_attempt_at"] is None
+    # The notes of the five good leads went; the bad lead's event waits for its lead.
+    assert len(note_refs(crm)) == 5
+    # Once the record is corrected, a retry run creates it and resolves the failure.
+    monkeypatch.setattr(sync.Runner, "lead_attributes", real)
+    retry = run_steps(app, iid, kind="retry")
+    assert retry["status"] == "finished", retry
+    assert emails_in_crm(crm)["batch3@example.net"] == 1 and len(note_refs(crm)) == 6
+    assert failures(app, iid) == [] and failures(app, iid, "resolved")[0]["local_id"] == ids[3]
+
+
+def test_a_note_on_a_lead_deleted_in_the_crm_fails_alone(app, ready):
+    from portal.connection import config_for
+    from portal.connectors.dynamics import OrganizationService, Transport
+
+    crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
+    configure(app, iid, marketing_automation=True, event_types=["email_click", "form_submission"])
+    ids = make_leads(app, org, 3, prefix="del", events=("email_click",))
+    run_steps(app, iid, ["push_marketing_leads", "push_events"])
+    new = [add_event(app, lead_id, "form_submission") for lead_id in ids]
+    gone = crm.records("lead", email="del1@example.net")[0]["leadid"]
+    with app.app_context():
+        svc = OrganizationService(Transport(config_for(db.session.get(CrmIntegration, iid))))
+        svc.delete("lead", gone)
+        svc.transport.close()
+    run = run_steps(app, iid, ["push_events"])
+    assert run["status"] == "partial" and run["steps"]["push_events"]["created"] == 2
+    (failed,) = failures(app, iid)
+    assert failed["local_id"] == new[1] and failed["code"] == "not_found" and failed["retryable"] is False
+    refs = note_refs(crm)
+    assert refs[new[0]] == refs[new[2]] == 1 and new[1] not in refs
+
+
+@pytest.mark.parametrize(("fault", "nth"), [("http500", 2), ("http500", 3), ("drop", 2), ("drop", 3), ("busy", 1)])
+def test_transient_faults_are_retried_without_duplicates(app, ready, fault, nth):
+    """Every nth CRM request fails: 2 hits the leads' batch, 3 the notes' batch; busy: every request, six tries."""
+    crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
+    configure(app, iid, lead_distribution=True, ld_sync_supplier_leads=True, enabled=True)
+    # email_open is not a selected event type: distributed leads carry all their events all the same (S6).
+    ids = make_leads(app, org, 30, origin=LeadOrigin.distributed, prefix=f"tr{fault}",
+                     events=("email_click", "email_open"))
+    app.config["SYNC_PARALLEL_BATCHES"] = 1
+    crm.set_faults(**{f"{fault}_ratio": 1.0}, every_nth=nth)
+    first = run_steps(app, iid, kind="push", lead_ids=ids)
+    crm.clear_faults()
+    pending = failures(app, iid)
+    assert first["status"] == ("failed" if fault == "busy" else "partial"), first
+    assert len(pending) == (30 if nth < 3 else 60), pending
+    assert {f["local_type"] for f in pending} == ({"lead"} if nth < 3 else {"event"})
+    assert all(f["retryable"] and f["next_attempt_at"] is not None for f in pending), pending
+    assert {f["code"] for f in pending} == {{"http500": "server_error", "drop": "unreachable",
+                                              "busy": "server_busy"}[fault]}
+    # The retry run (what schedule_retry queues) completes them, and nothing is in the CRM twice.
+    retry = run_steps(app, iid, kind="retry")
+    assert retry["status"] == "finished", retry
+    catch_up = run_steps(app, iid, ["push_distributed_leads", "push_events"])  # nothing left over
+    assert catch_up["created"] == 0
+    counts = emails_in_crm(crm)
+    assert set(counts) == {f"tr{fault}{i}@example.net" for i in range(30)} and set(counts.values()) == {1}
+    refs = note_refs(crm)
+    assert set(refs) == set(event_ids(app, ids)) and set(refs.values()) == {1}
+    assert failures(app, iid) == []
+
+
+def test_busy_reads_and_writes_slow_down_and_finish(app, ready):
+    crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
+    configure(app, iid, marketing_automation=True)
+    make_leads(app, org, 20, prefix="slow")
+    crm.set_faults(busy_ratio=1.0, every_nth=2)
+    run = run_steps(app, iid, ["push_marketing_leads"])
+    assert run["status"] == "finished", run
+    assert set(emails_in_crm(crm).values()) == {1} and len(emails_in_crm(crm)) == 20
+
+
+def test_auth_failure_stops_the_run_and_switches_off_after_the_limit(app, ready):
+    crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
+    configure(app, iid, marketing_automation=True, enabled=True, auth_failure_limit=3)
+    make_leads(app, org, 3, prefix="auth")
+    crm.set_faults(password_changed_user=crm.username)
+    for attempt in (1, 2, 3):
+        run = run_steps(app, iid, kind="nightly")
+        assert run["status"] == "failed" and run["created"] == 0, run
+        assert "What to do" in run["message"]
+        # Stopped at the first step that talks to the CRM (the two before it are Off); nothing after it ran.
+        assert list(run["steps"]) == ["pull_records", "contact_lists", "push_marketing_leads"]
+        assert run["steps"]["push_marketing_leads"]["status"] == "failed"
+        with app.app_context():
+            integ = db.session.get(CrmIntegration, iid)
+            assert integ.error_code == "auth_failed" and integ.auth_failures == attempt
+            assert integ.enabled is (attempt < 3)
+            notices = db.session.scalars(select(Notice).where(Notice.organization_id == org)).all()
+            assert len(notices) == (1 if attempt == 3 else 0)
+    assert "switched Off" in notices[0].message
+    assert crm.records("lead") == []
+    crm.clear_faults()
+    run = run_steps(app, iid, ["push_marketing_leads"])
+    assert run["status"] == "finished"
+    with app.app_context():
+        integ = db.session.get(CrmIntegration, iid)
+        assert integ.error_code == "" and integ.auth_failures == 0
+
+
+def test_a_second_run_while_one_holds_the_lock_is_refused_and_recorded(app, ready):
+    iid = ready["integration_id"]
+    configure(app, iid, marketing_automation=True)
+    with app.app_context():
+        integ = db.session.get(CrmIntegration, iid)
+        holder = sync.new_run(integ, "nightly", trigger="test")
+        with sync.integration_lock(iid, "nightly", holder.id) as got:
+            assert got
+            holder.status = RunStatus.running
+            db.session.commit()
+            assert sync.run_alive(holder)
+            second = sync.execute(sync.new_run(integ, "manual", trigger="test").id)
+            assert second.status == RunStatus.failed
+            assert "Another run of this integration is in progress" in second.message
+            assert second.finished_at is not None and second.steps == []
+            # Pushes have their own lock: a distributed lead is not held up by a nightly run.
+            push = sync.execute(sync.new_run(integ, "push").id, lead_ids=[])
+            assert push.status == RunStatus.finished
+            assert db.session.get(SyncRun, holder.id).status == RunStatus.running  # a live run is left alone
+        assert not sync.run_alive(holder)  # the lock is released
+        third = sync.execute(sync.new_run(integ, "manual", trigger="test").id, steps=["push_marketing_leads"])
+        assert third.status == RunStatus.finished
+        stale = db.session.get(SyncRun, holder.id)
+        assert stale.status == RunStatus.failed and "worker stopped" in stale.message
+
+
+def test_a_lock_left_by_a_dead_holder_expires(app, ready):
+    from portal import queues
+
+    iid = ready["integration_id"]
+    configure(app, iid, marketing_automation=True)
+    app.config["SYNC_LOCK_SECONDS"] = 1
+    with app.app_context():
+        # What a SIGKILLed worker leaves: its lock, no one to extend it.
+        queues.redis().set(sync.lock_name(iid, "manual"), "run-999999", px=1000)
+        integ = db.session.get(CrmIntegration, iid)
+        refused = sync.execute(sync.new_run(integ, "manual").id, steps=["push_marketing_leads"])
+        assert refused.status == RunStatus.failed
+        wait_for(lambda: queues.redis().get(sync.lock_name(iid, "manual")) is None, 5, "the lock to expire")
+        ok = sync.execute(sync.new_run(integ, "manual").id, steps=["push_marketing_leads"])
+        assert ok.status == RunStatus.finished
+
+
+def test_a_live_run_keeps_its_lock_beyond_the_timeout(app, ready):
+    import time
+
+    from portal import queues
+
+    iid = ready["integration_id"]
+    app.config["SYNC_LOCK_SECONDS"] = 1
+    with app.app_context(), sync.integration_lock(iid, "manual", 7) as got:
+        assert got
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline:  # the heartbeat extends it every third of the timeout
+            assert queues.redis().get(sync.lock_name(iid, "manual")) == b"run-7"
+            time.sleep(0.1)
