@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from .context import with_app
@@ -13,15 +14,41 @@ log = logging.getLogger(__name__)
 def run(run_id: int, steps: list[str] | None = None, lead_ids: list[int] | None = None,
         failure_ids: list[int] | None = None) -> dict:
     """Carry out a queued run."""
+    from flask import current_app
+
     from portal import sync
 
-    done = sync.execute(run_id, steps=steps, lead_ids=lead_ids, failure_ids=failure_ids)
+    with _sql_counter(current_app.config.get("SYNC_COUNT_SQL")) as statements:
+        done = sync.execute(run_id, steps=steps, lead_ids=lead_ids, failure_ids=failure_ids)
     log.info("sync run %s (%s): %s %s", run_id, done.kind, done.status.value, done.message)
     if done.kind in ("push", "retry"):
         from portal.schedule import schedule_retry
 
         schedule_retry(done.integration_id)
-    return {"status": done.status.value, "message": done.message}
+    return {"status": done.status.value, "message": done.message, "sql_statements": statements["n"]}
+
+
+@contextlib.contextmanager
+def _sql_counter(enabled: bool):
+    """Count the SQL statements a job runs (for benchmarks; off in production)."""
+    counter = {"n": None}
+    if not enabled:
+        yield counter
+        return
+    from sqlalchemy import event
+
+    from portal.extensions import db
+
+    counter["n"] = 0
+
+    def count(*_args, **_kwargs) -> None:
+        counter["n"] += 1
+
+    event.listen(db.engine, "before_cursor_execute", count)
+    try:
+        yield counter
+    finally:
+        event.remove(db.engine, "before_cursor_execute", count)
 
 
 @with_app

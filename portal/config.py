@@ -83,6 +83,11 @@ def load_config(overrides: dict | None = None) -> dict:
         # Request bodies (forms and the JSON API) are small; refuse anything larger than this.
         "MAX_CONTENT_LENGTH": env_int("MAX_CONTENT_LENGTH", 5 * 1024 * 1024),
         "SYNC_PARALLEL_BATCHES": env_int("SYNC_PARALLEL_BATCHES", 2),
+        "SYNC_LOCK_SECONDS": env_int("SYNC_LOCK_SECONDS", 90),
+        # For measurements only: one look-up and one write per record, as most integrations do (bench/sync.py).
+        "SYNC_ONE_REQUEST_PER_RECORD": env_bool("SYNC_ONE_REQUEST_PER_RECORD", False),
+        # For measurements only: sync jobs return how many SQL statements they ran.
+        "SYNC_COUNT_SQL": env_bool("SYNC_COUNT_SQL", False),
     }
     cfg.update(overrides)
     if "SECRET_KEY" not in cfg:

@@ -18,14 +18,20 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import aliased
 
 from . import catalog
-from .config import env_int
 from .connection import config_for
 from .connectors.dynamics import DynamicsError, OrganizationService, Transport
-from .connectors.dynamics.errors import RequestTimeoutError, ServerBusyError, ServerError, UnreachableError
+from .connectors.dynamics.errors import (
+    AuthFailedError,
+    ClaimsAuthError,
+    RequestTimeoutError,
+    ServerBusyError,
+    ServerError,
+    UnreachableError,
+)
 from .connectors.dynamics.soap import BatchItemResult, CreateRequest, UpdateRequest, fetch_xml
 from .connectors.dynamics.xml import EntityReference, Money, OptionSetValue
 from .extensions import db
@@ -110,12 +116,16 @@ def backoff(attempts: int) -> timedelta:
 class CrmGateway:
     """The sync's use of the connector: one NTLM session per parallel lane, batches of up to 1000."""
 
-    def __init__(self, integration: CrmIntegration, parallel: int = 2):
+    def __init__(self, integration: CrmIntegration, parallel: int = 2, one_per_record: bool | None = None):
         self.config = config_for(integration)
         self.parallel = max(1, parallel)
+        # What most integrations do (one look-up and one write per record): kept to measure against (bench/).
+        self.one_per_record = (current_app.config.get("SYNC_ONE_REQUEST_PER_RECORD", False)
+                               if one_per_record is None else one_per_record)
         self._local = threading.local()
         self._transports: list[Transport] = []
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None  # kept: its threads keep their authenticated sessions
         self.busy_events = 0
 
     def service(self) -> OrganizationService:
@@ -135,6 +145,9 @@ class CrmGateway:
 
     def close(self) -> None:
         """Close every session."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         for t in self._transports:
             t.close()
 
@@ -165,8 +178,9 @@ class CrmGateway:
         """Existing CRM records by normalised email (emailaddress1), looked up in chunks."""
         found: dict[str, str] = {}
         primary = f"{entity}id"
-        for i in range(0, len(emails), LOOKUP_CHUNK):
-            chunk = list(emails[i:i + LOOKUP_CHUNK])
+        step = 1 if self.one_per_record else LOOKUP_CHUNK
+        for i in range(0, len(emails), step):
+            chunk = list(emails[i:i + step])
             query = fetch_xml(entity, [primary, "emailaddress1"], [("emailaddress1", "in", chunk)],
                               order=[primary])
             for rec in self.fetch(query):
@@ -183,6 +197,8 @@ class CrmGateway:
         caller records them for a later run, which finds what was written (leads by email, notes by reference).
         Authentication and other run-level faults still stop the run.
         """
+        if self.one_per_record:
+            return [self._write_one(i, r) for i, r in enumerate(requests)]
         batches = [list(requests[i:i + BATCH]) for i in range(0, len(requests), BATCH)]
         results: list[list[BatchItemResult] | None] = [None] * len(batches)
         lanes = self.parallel
@@ -202,8 +218,11 @@ class CrmGateway:
             if lanes == 1 or len(pending) == 1:
                 outcomes = [send(i) for i in pending]
             else:
-                with ThreadPoolExecutor(max_workers=min(lanes, len(pending))) as pool:
-                    outcomes = list(pool.map(send, pending))
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="crm-lane")
+                outcomes = []
+                for start in range(0, len(pending), lanes):  # at most `lanes` batches in flight
+                    outcomes += list(self._pool.map(send, pending[start:start + lanes]))
             for index, outcome in outcomes:
                 if outcome is None:
                     failed_busy.append(index)
@@ -227,6 +246,22 @@ class CrmGateway:
             for item in batch_results or []:
                 flat.append(BatchItemResult(offset * BATCH + item.index, item.ok, item.id, item.error, item.skipped))
         return flat
+
+    def _write_one(self, index: int, request) -> BatchItemResult:
+        """One request on its own (the one-request-per-record mode)."""
+        svc = self.service()
+        try:
+            if isinstance(request, CreateRequest):
+                return BatchItemResult(index, True, svc.create(request.entity, request.attributes))
+            if isinstance(request, UpdateRequest):
+                svc.update(request.entity, request.id, request.attributes)
+            else:
+                svc.set_state(request.entity, request.id, request.state, request.status)
+            return BatchItemResult(index, True, getattr(request, "id", None))
+        except (AuthFailedError, ClaimsAuthError):
+            raise
+        except DynamicsError as exc:
+            return BatchItemResult(index, False, None, exc)
 
     @staticmethod
     def _batch_failed(batch: list, exc: DynamicsError, unknown: bool = True) -> list[BatchItemResult]:
@@ -271,6 +306,7 @@ class Runner:
         self.entity = "contact" if integration.record_leads_as == "contact" else "lead"
         self.counts: StepCounts | None = None
         self._last_progress = 0.0
+        self._pending_links: list[dict] = []
 
     # -- ledger helpers
 
@@ -279,7 +315,7 @@ class Runner:
         """Run a step: mark it current, then store its counts."""
         self.counts = StepCounts(name)
         self.run.current_step = name
-        db.session.commit()
+        self.commit()
         started = utcnow()
         status = "finished"
         try:
@@ -299,14 +335,14 @@ class Runner:
             self.run.updated_count += c.updated
             self.run.skipped_count += c.skipped
             self.run.failed_count += c.failed
-            db.session.commit()
+            self.commit()
 
     def progress(self, done: int, total: int, force: bool = False) -> None:
         """Store progress at most twice a second, so the page's bar moves without a write per record."""
         now = time.monotonic()
         if force or now - self._last_progress > 0.5:
             self.run.progress_done, self.run.progress_total = done, total
-            db.session.commit()
+            self.commit()
             self._last_progress = now
 
     def fail(self, operation: str, entity: str, error: DynamicsError | str, *, local_type: str = "",
@@ -361,9 +397,17 @@ class Runner:
         return out
 
     def link(self, local_type: str, local_id: int, entity: str, crm_id: str) -> None:
-        """Remember which CRM record a local record is."""
-        db.session.add(CrmLink(integration_id=self.integration.id, local_type=local_type, local_id=local_id,
-                               entity=entity, crm_id=crm_id))
+        """Remember which CRM record a local record is (written in bulk at the next ``commit``)."""
+        self._pending_links.append({"integration_id": self.integration.id, "local_type": local_type,
+                                    "local_id": local_id, "entity": entity, "crm_id": crm_id,
+                                    "last_synced_at": utcnow()})
+
+    def commit(self) -> None:
+        """Write buffered links in one statement, then commit."""
+        if self._pending_links:
+            db.session.execute(insert(CrmLink), self._pending_links)
+            self._pending_links = []
+        db.session.commit()
 
     # -- leads
 
@@ -420,7 +464,7 @@ class Runner:
             c.updated += len(update_reqs)
             c.samples.extend(f"create {self.entity} {ld.email}" for ld in create_leads[:5])
             return linked
-        db.session.commit()
+        self.commit()
         self._send(update_reqs, update_ids, "update", "lead")
         results = self.gateway.write(creates) if creates else []
         ok_ids = []
@@ -434,7 +478,7 @@ class Runner:
                 self.fail("create", self.entity, item.error or "Not processed: an earlier item of the batch failed.",
                           local_type="lead", local_id=ld.id)
         self.resolve_failures("lead", ok_ids + linked)
-        db.session.commit()
+        self.commit()
         return linked + ok_ids
 
     def _send(self, requests: list, local_ids: list[int], operation: str, local_type: str) -> None:
@@ -454,13 +498,13 @@ class Runner:
         db.session.execute(update(CrmLink).where(
             CrmLink.integration_id == self.integration.id, CrmLink.local_type == local_type,
             CrmLink.local_id.in_(local_ids)).values(last_synced_at=now))
-        db.session.commit()
+        self.commit()
 
     def iter_lead_chunks(self, query) -> Iterator[list[Lead]]:
-        """Leads of a query in id order, DB_CHUNK at a time (keyset paging: memory stays flat)."""
-        last = 0
+        """Leads of a query in id order, a batch per lane at a time (keyset paging: memory stays flat)."""
+        last, size = 0, BATCH * self.gateway.parallel
         while True:
-            chunk = db.session.scalars(query.where(Lead.id > last).order_by(Lead.id).limit(DB_CHUNK)).all()
+            chunk = db.session.scalars(query.where(Lead.id > last).order_by(Lead.id).limit(size)).all()
             if not chunk:
                 return
             yield list(chunk)
@@ -479,9 +523,9 @@ class Runner:
             c.note = "No lead event types are selected (Advanced General Options): only distributed leads' events."
         labels = dict(catalog.EVENT_TYPES)
         self.reconcile_inflight_events()
-        lead_links = {}
         lead_link, event_link = aliased(CrmLink), aliased(CrmLink)
-        base = (select(MarketingEvent, lead_link.entity, lead_link.crm_id)
+        base = (select(MarketingEvent.id, MarketingEvent.lead_id, MarketingEvent.event_type, MarketingEvent.occurred_at,
+                        MarketingEvent.details, lead_link.entity, lead_link.crm_id)
                 .join(lead_link, (lead_link.local_id == MarketingEvent.lead_id) & (lead_link.local_type == "lead")
                       & (lead_link.integration_id == self.integration.id) & (lead_link.crm_id != ""))
                 .outerjoin(event_link, (event_link.local_id == MarketingEvent.id) & (event_link.local_type == "event")
@@ -499,14 +543,14 @@ class Runner:
                                       .limit(BATCH * max(1, self.gateway.parallel))).all()
             if not rows:
                 break
-            last = rows[-1][0].id
+            last = rows[-1].id
             if self.dry_run:
                 c.created += len(rows)
                 done += len(rows)
                 continue
             requests = []
-            for event, entity, crm_id in rows:
-                lead_links[event.lead_id] = (entity, crm_id)
+            for event in rows:
+                entity, crm_id = event.entity, event.crm_id
                 when = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
                 requests.append(CreateRequest("annotation", {
                     "subject": f"{self.platform}: {labels.get(event.event_type, event.event_type)} "
@@ -518,11 +562,11 @@ class Runner:
                 }))
                 # In flight: a crash after the CRM wrote the note but before we saved its id is reconciled.
                 self.link("event", event.id, "annotation", "")
-            db.session.commit()
+            self.commit()
             results = self.gateway.write(requests)
             ok = []
             for item in results:
-                event = rows[item.index][0]
+                event = rows[item.index]
                 if item.ok and item.id:
                     ok.append((event.id, item.id))
                 else:
@@ -534,13 +578,16 @@ class Runner:
                             CrmLink.local_id == event.id))
                     self.fail("create", "annotation", item.error or "Not processed.", local_type="event",
                               local_id=event.id)
-            for event_id, crm_id in ok:
-                db.session.execute(update(CrmLink).where(
-                    CrmLink.integration_id == self.integration.id, CrmLink.local_type == "event",
-                    CrmLink.local_id == event_id).values(crm_id=crm_id))
+            if ok:
+                table = CrmLink.__table__
+                db.session.execute(
+                    table.update().where(table.c.integration_id == self.integration.id,
+                                         table.c.local_type == "event", table.c.local_id == bindparam("lid"))
+                    .values(crm_id=bindparam("cid")),
+                    [{"lid": event_id, "cid": crm_id} for event_id, crm_id in ok])
             c.created += len(ok)
             self.resolve_failures("event", [e for e, _ in ok])
-            db.session.commit()
+            self.commit()
             done += len(rows)
             self.progress(done, total)
 
@@ -585,7 +632,7 @@ class Runner:
                     CrmLink.integration_id == self.integration.id, CrmLink.local_type == "event",
                     CrmLink.local_id == event_id))
         self.resolve_failures("event", list(found))
-        db.session.commit()
+        self.commit()
         log.info("reconciled %d in-flight notes (%d found in the CRM)", len(wanted), len(found))
 
     # -- nightly steps
@@ -641,7 +688,7 @@ class Runner:
                     db.session.merge(ContactListMember(list_id=into_list.id, lead_id=lead.id))
                 imported += 1
             if not self.dry_run:
-                db.session.commit()
+                self.commit()
             batch.clear()
 
         for rec in self.gateway.fetch(query):
@@ -692,7 +739,7 @@ class Runner:
                 c.updated += 1
             db.session.flush()
             db.session.execute(delete(ContactListMember).where(ContactListMember.list_id == local.id))
-            db.session.commit()
+            self.commit()
             list_id = local.id
             skipped_before = c.skipped
             columns = [f"{member}id", "emailaddress1", *CONTACT_ATTRS.values(),
@@ -709,7 +756,7 @@ class Runner:
             local.member_count = count
             local.skipped_without_email = c.skipped - skipped_before
             local.last_synced_at = utcnow()
-            db.session.commit()
+            self.commit()
 
     def step_push_marketing_leads(self) -> None:
         """S5: marketing leads whose score exceeds the threshold."""
@@ -786,7 +833,7 @@ class Runner:
                         setattr(row, k, v)
                     c.updated += 1
             if not self.dry_run:
-                db.session.commit()
+                self.commit()
 
     def step_pull_status(self) -> None:
         """S9: lead status from the CRM; qualify means accepted and disqualify rejected, everywhere (S12)."""
@@ -818,7 +865,7 @@ class Runner:
                     if lead.acceptance != wanted:
                         lead.acceptance, lead.acceptance_via, lead.acceptance_at = wanted, "crm", utcnow()
             if not self.dry_run:
-                db.session.commit()
+                self.commit()
 
     def step_pull_opportunities(self) -> None:
         """S10: opportunities from our leads (marketing) and those whose contact's email matches (distribution)."""
@@ -852,7 +899,7 @@ class Runner:
                         ref = opp.attributes.get("parentcontactid")
                         self._keep_opportunity(opp, contacts.get(ref.id.lower()) if ref else None, "contact-email")
         if not self.dry_run:
-            db.session.commit()
+            self.commit()
         if not (integ.marketing_automation and integ.ma_pull_opportunities) and not (
                 integ.lead_distribution and integ.ld_pull_opportunities):
             c.note = "Off: no opportunity option is selected (Usage Profile)."
@@ -915,7 +962,7 @@ class Runner:
                     create_ids.pop(idx)
                     creates.pop(idx)
                     c.skipped += 1
-            db.session.commit()
+            self.commit()
         if self.dry_run:
             c.created += len(creates)
             c.updated += len(updates)
@@ -927,7 +974,7 @@ class Runner:
             else:
                 self.fail("create", "campaign", item.error or "Not processed.", local_type="campaign",
                           local_id=create_ids[item.index])
-        db.session.commit()
+        self.commit()
         self._send(updates, update_ids, "update", "campaign")
 
 
@@ -1013,7 +1060,7 @@ def lock_seconds() -> int:
 
     Longer than the connector's read timeout, so that a dead holder's last request is over when another run starts.
     """
-    return int(current_app.config.get("SYNC_LOCK_SECONDS") or env_int("SYNC_LOCK_SECONDS", 90))
+    return int(current_app.config.get("SYNC_LOCK_SECONDS") or 90)
 
 
 @contextlib.contextmanager
@@ -1079,6 +1126,18 @@ def close_stopped_runs(integration_id: int, current_id: int) -> int:
 def execute(run_id: int, steps: Sequence[str] | None = None, lead_ids: Sequence[int] | None = None,
             failure_ids: Sequence[int] | None = None, gateway: CrmGateway | None = None) -> SyncRun:
     """Carry out a run: the steps of a nightly run, a push of given leads, or a retry of failures."""
+    session = db.session()
+    expire, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        return _execute(run_id, steps, lead_ids, failure_ids, gateway)
+    finally:
+        session.expire_on_commit = expire
+
+
+def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] | None,
+             failure_ids: Sequence[int] | None, gateway: CrmGateway | None) -> SyncRun:
+    # A run commits after every batch; without expiring, the rows it holds are not reloaded one by one after
+    # each commit (a run writes its own rows, so what it holds stays right).
     run = db.session.get(SyncRun, run_id)
     integration = db.session.get(CrmIntegration, run.integration_id)
     with integration_lock(integration.id, run.kind, run.id) as got:
@@ -1092,6 +1151,8 @@ def execute(run_id: int, steps: Sequence[str] | None = None, lead_ids: Sequence[
         db.session.commit()
         close_stopped_runs(integration.id, run.id)
         runner = None
+        if gateway is None and run.kind in ("push", "acceptance"):
+            gateway = kept_gateway(integration)
         try:
             runner = Runner(integration, run, gateway)
             if run.kind == "push":
@@ -1128,6 +1189,30 @@ def execute(run_id: int, steps: Sequence[str] | None = None, lead_ids: Sequence[
                 runner.gateway.close()
             db.session.commit()
     return run
+
+
+_KEPT: dict[int, tuple[str, CrmGateway, float]] = {}
+KEEP_SECONDS = 300
+
+
+def kept_gateway(integration: CrmIntegration) -> CrmGateway:
+    """A gateway kept between pushes of one integration in this worker: the NTLM handshake is done once.
+
+    It is replaced when the connection settings change, and dropped after five idle minutes.
+    """
+    now = time.monotonic()
+    for key, (_, gw, used) in list(_KEPT.items()):
+        if now - used > KEEP_SECONDS:
+            gw.close()
+            del _KEPT[key]
+    fingerprint = integration.connection_fingerprint()
+    kept = _KEPT.get(integration.id)
+    if kept is None or kept[0] != fingerprint:
+        if kept is not None:
+            kept[1].close()
+        kept = (fingerprint, CrmGateway(integration, 1), now)
+    _KEPT[integration.id] = (kept[0], kept[1], now)
+    return kept[1]
 
 
 def _abort(run_id: int, integration_id: int, exc: DynamicsError, pending_leads: Sequence[int] = ()) -> None:

@@ -54,7 +54,9 @@ def local(el: etree._Element) -> str:
 def child(el: etree._Element, name: str) -> etree._Element | None:
     """First child with this local name, whatever its namespace (tag case matters)."""
     for c in el:
-        if isinstance(c.tag, str) and etree.QName(c).localname == name:
+        tag = c.tag
+        # str.rpartition is many times cheaper than building an etree.QName for every child looked at.
+        if isinstance(tag, str) and tag.rpartition("}")[2] == name:
             return c
     return None
 
@@ -63,7 +65,7 @@ def children(el: etree._Element | None, name: str | None = None) -> list[etree._
     """Element children, optionally by local name."""
     if el is None:
         return []
-    return [c for c in el if isinstance(c.tag, str) and (name is None or etree.QName(c).localname == name)]
+    return [c for c in el if isinstance(c.tag, str) and (name is None or c.tag.rpartition("}")[2] == name)]
 
 
 def text(el: etree._Element | None) -> str | None:
