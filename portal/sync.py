@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from flask import current_app
-from sqlalchemy import bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import aliased
 
 from . import catalog
@@ -60,6 +60,7 @@ BATCH = 1000  # ExecuteMultiple's limit
 LOOKUP_CHUNK = 1000  # emails per FetchXML `in` lookup
 DB_CHUNK = 1000  # local rows handled at once, so memory stays flat
 PAGE = 5000  # FetchXML page size when reading
+LEAD_CHUNK_FOR_EVENTS = 500  # linked leads whose events are gathered per query
 READ_TRIES = 4  # a read that meets a transient fault is tried again (reads change nothing)
 # Faults of one request that say nothing about the records in it: the request is tried again later.
 TRANSIENT = (ServerBusyError, ServerError, RequestTimeoutError, UnreachableError)
@@ -523,34 +524,47 @@ class Runner:
             c.note = "No lead event types are selected (Advanced General Options): only distributed leads' events."
         labels = dict(catalog.EVENT_TYPES)
         self.reconcile_inflight_events()
-        lead_link, event_link = aliased(CrmLink), aliased(CrmLink)
-        base = (select(MarketingEvent.id, MarketingEvent.lead_id, MarketingEvent.event_type, MarketingEvent.occurred_at,
-                        MarketingEvent.details, lead_link.entity, lead_link.crm_id)
-                .join(lead_link, (lead_link.local_id == MarketingEvent.lead_id) & (lead_link.local_type == "lead")
-                      & (lead_link.integration_id == self.integration.id) & (lead_link.crm_id != ""))
-                .outerjoin(event_link, (event_link.local_id == MarketingEvent.id) & (event_link.local_type == "event")
-                           & (event_link.integration_id == self.integration.id))
-                .join(Lead, Lead.id == MarketingEvent.lead_id)
-                .where(MarketingEvent.organization_id == self.org_id, event_link.id.is_(None),
-                       # Distributed leads carry all their events (G3, S6); the others the selected types (G4).
-                       or_(MarketingEvent.event_type.in_(types), Lead.origin == LeadOrigin.distributed)))
+        # Walk the linked leads in chunks and take each chunk's unsent events: every query is bounded and uses
+        # an index (events by lead, links by local id), whatever the table sizes and statistics.
+        leads_q = (select(CrmLink.local_id, CrmLink.entity, CrmLink.crm_id, Lead.origin)
+                   .join(Lead, Lead.id == CrmLink.local_id)
+                   .where(CrmLink.integration_id == self.integration.id, CrmLink.local_type == "lead",
+                          CrmLink.crm_id != "", Lead.organization_id == self.org_id))
         if lead_ids is not None:
-            base = base.where(MarketingEvent.lead_id.in_(list(lead_ids)))
-        total = db.session.scalar(select(func.count()).select_from(base.subquery()))
-        done, last = 0, 0
+            leads_q = leads_q.where(CrmLink.local_id.in_(list(lead_ids)))
+        sent = aliased(CrmLink)
+        unsent = ~select(sent.id).where(sent.integration_id == self.integration.id, sent.local_type == "event",
+                                        sent.local_id == MarketingEvent.id).exists()
+        total = len(lead_ids) if lead_ids is not None else db.session.scalar(
+            select(func.count()).select_from(CrmLink).where(CrmLink.integration_id == self.integration.id,
+                                                            CrmLink.local_type == "lead"))
+        chunk_size = BATCH * max(1, self.gateway.parallel)
+        done, last, buffer = 0, 0, []
         while True:
-            rows = db.session.execute(base.where(MarketingEvent.id > last).order_by(MarketingEvent.id)
-                                      .limit(BATCH * max(1, self.gateway.parallel))).all()
-            if not rows:
-                break
-            last = rows[-1].id
+            leads = db.session.execute(leads_q.where(CrmLink.local_id > last).order_by(CrmLink.local_id)
+                                       .limit(LEAD_CHUNK_FOR_EVENTS)).all()
+            if leads:
+                last = leads[-1].local_id
+                target = {row.local_id: row for row in leads}
+                found = db.session.execute(
+                    select(MarketingEvent.id, MarketingEvent.lead_id, MarketingEvent.event_type,
+                           MarketingEvent.occurred_at, MarketingEvent.details)
+                    .where(MarketingEvent.lead_id.in_(list(target)), unsent).order_by(MarketingEvent.id)).all()
+                # Distributed leads carry all their events (G3, S6); the others the selected types (G4).
+                buffer += [(ev, target[ev.lead_id]) for ev in found
+                           if ev.event_type in types or target[ev.lead_id].origin == LeadOrigin.distributed]
+                done += len(leads)
+            if not buffer or (leads and len(buffer) < chunk_size):
+                if not leads:
+                    break
+                continue
+            rows, buffer = buffer[:chunk_size], buffer[chunk_size:]
             if self.dry_run:
                 c.created += len(rows)
-                done += len(rows)
                 continue
             requests = []
-            for event in rows:
-                entity, crm_id = event.entity, event.crm_id
+            for event, lead in rows:
+                entity, crm_id = lead.entity, lead.crm_id
                 when = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
                 requests.append(CreateRequest("annotation", {
                     "subject": f"{self.platform}: {labels.get(event.event_type, event.event_type)} "
@@ -566,7 +580,7 @@ class Runner:
             results = self.gateway.write(requests)
             ok = []
             for item in results:
-                event = rows[item.index]
+                event = rows[item.index][0]
                 if item.ok and item.id:
                     ok.append((event.id, item.id))
                 else:
@@ -588,7 +602,6 @@ class Runner:
             c.created += len(ok)
             self.resolve_failures("event", [e for e, _ in ok])
             self.commit()
-            done += len(rows)
             self.progress(done, total)
 
     def reconcile_inflight_events(self) -> None:
@@ -656,12 +669,26 @@ class Runner:
         batch: list = []
         imported = 0
 
+        def among(column, values: list):
+            """``column IN values``; on PostgreSQL as one array parameter: a 1,000-parameter IN list, once
+            prepared, can get a generic plan that scans the whole table while its statistics lag a large import."""
+            if db.session.get_bind().dialect.name != "postgresql":
+                return column.in_(values)
+            from sqlalchemy import any_
+            from sqlalchemy.dialects.postgresql import ARRAY
+
+            return column == any_(bindparam("among", values, type_=ARRAY(column.type), unique=True))
+
         def flush() -> None:
             nonlocal imported
             emails = {normalize_email(r.attributes["emailaddress1"]): r for r in batch}
             known = {ld.email_normalized: ld for ld in db.session.scalars(select(Lead).where(
-                Lead.organization_id == self.org_id, Lead.email_normalized.in_(list(emails))))}
-            links = self.links("lead", [ld.id for ld in known.values()])
+                Lead.organization_id == self.org_id, among(Lead.email_normalized, list(emails))))}
+            linked = set(db.session.scalars(select(CrmLink.local_id).where(
+                CrmLink.integration_id == self.integration.id, CrmLink.local_type == "lead",
+                among(CrmLink.local_id, [ld.id for ld in known.values()])))) if known else set()
+            fresh: list = []  # new leads, inserted together by one flush below
+            members: list[int] = []
             for email, rec in emails.items():
                 lead = known.get(email)
                 values = {ours: rec.attributes.get(crm) or "" for ours, crm in mapping.items()}
@@ -672,8 +699,7 @@ class Runner:
                     lead = Lead(organization_id=self.org_id, email=rec.attributes["emailaddress1"],
                                 email_normalized=email, origin=LeadOrigin.crm, **values)
                     db.session.add(lead)
-                    db.session.flush()
-                    self.link("lead", lead.id, entity, rec.id)
+                    fresh.append((lead, rec))
                 else:
                     if lead.origin == LeadOrigin.crm:
                         changed = {k: v for k, v in values.items() if v and getattr(lead, k) != v}
@@ -682,11 +708,20 @@ class Runner:
                             if not self.dry_run:
                                 for k, v in changed.items():
                                     setattr(lead, k, v)
-                    if lead.id not in links and not self.dry_run:
+                    if lead.id not in linked and not self.dry_run:
                         self.link("lead", lead.id, entity, rec.id)
-                if into_list is not None and not self.dry_run:
-                    db.session.merge(ContactListMember(list_id=into_list.id, lead_id=lead.id))
+                    members.append(lead.id)
                 imported += 1
+            if fresh:
+                db.session.flush()
+                for lead, rec in fresh:
+                    self.link("lead", lead.id, entity, rec.id)
+                    members.append(lead.id)
+            if into_list is not None and not self.dry_run and members:
+                present = set(db.session.scalars(select(ContactListMember.lead_id).where(
+                    ContactListMember.list_id == into_list.id, among(ContactListMember.lead_id, members))))
+                db.session.add_all(ContactListMember(list_id=into_list.id, lead_id=lead_id)
+                                   for lead_id in members if lead_id not in present)
             if not self.dry_run:
                 self.commit()
             batch.clear()
