@@ -35,7 +35,9 @@ class Stack:
     def start_worker(self, queues: str = "") -> psutil.Process:
         """A real RQ worker process (python -m jobs.worker), as in production."""
         args = [sys.executable, "-m", "jobs.worker"] + (["--queues", queues] if queues else [])
-        log = open(Path(self.env["PORTAL_INSTANCE_PATH"]) / f"worker-{len(self.workers)}.log", "w")  # noqa: SIM115
+        folder = Path(self.env["PORTAL_INSTANCE_PATH"])
+        folder.mkdir(parents=True, exist_ok=True)
+        log = open(folder / f"worker-{len(self.workers)}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         return psutil.Process(proc.pid)
