@@ -98,6 +98,12 @@ def load_config(overrides: dict | None = None) -> dict:
         cfg["PORTAL_ENCRYPTION_KEYS"] = env_str("PORTAL_ENCRYPTION_KEYS") or _file_secret(
             inst / "encryption_keys", lambda: Fernet.generate_key().decode(), "PORTAL_ENCRYPTION_KEYS"
         )
+    if str(cfg["SQLALCHEMY_DATABASE_URI"]).startswith("postgresql"):
+        # No server-side prepared statements: psycopg prepares a query after 5 runs, and PostgreSQL may then keep
+        # a generic plan made while a table was small (before a large import), scanning whole tables afterwards.
+        options = dict(cfg["SQLALCHEMY_ENGINE_OPTIONS"])
+        options["connect_args"] = {**options.get("connect_args", {}), "prepare_threshold": None}
+        cfg["SQLALCHEMY_ENGINE_OPTIONS"] = options
     cfg["SESSION_COOKIE_SECURE"] = cfg["SESSION_COOKIE_SECURE"] or cfg.get("PREFERRED_URL_SCHEME") == "https"
     cfg["REMEMBER_COOKIE_SECURE"] = cfg["SESSION_COOKIE_SECURE"]
     return cfg

@@ -89,3 +89,10 @@ def test_key_rotation(clean_env):
         assert crypto.decrypt(rotated) == "hunter2-password"
         with pytest.raises(crypto.SecretUnreadable, match="enter it again"):
             crypto.decrypt(token)
+
+
+def test_postgresql_connections_do_not_prepare_statements(clean_env, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u@127.0.0.1/x")
+    assert load_config()["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"] == {"prepare_threshold": None}
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///x.db")
+    assert "connect_args" not in load_config()["SQLALCHEMY_ENGINE_OPTIONS"]
