@@ -27,5 +27,14 @@ test: install browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks (bench/README.md): production-like stack on loopback; they print figures, they assert nothing.
+BENCHES := bench/sync.py bench/pull.py bench/push_latency.py bench/pages.py
+
+bench: install
+	@set -e; for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b; done
+
+bench-quick: install
+	@set -e; for b in $(BENCHES); do echo "== $$b --quick"; $(BIN)/python $$b --quick; done
+
 clean:
 	rm -rf $(VENV) instance

@@ -604,6 +604,37 @@ class Runner:
             self.commit()
             self.progress(done, total)
 
+    def push_custom_notes(self, lead_ids: Sequence[int]) -> None:
+        """G3 *send custom fields into the Notes*: a distributed lead's custom fields as one note on its record."""
+        if not self.integration.ld_custom_fields_in_notes or not lead_ids:
+            return
+        c = self.counts
+        rows = db.session.execute(select(Lead.id, Lead.custom_fields_json).where(
+            Lead.id.in_(list(lead_ids)), Lead.origin == LeadOrigin.distributed,
+            Lead.custom_fields_json.notin_(["", "{}"]))).all()
+        already = self.links("custom-note", [r.id for r in rows])
+        targets = self.links("lead", [r.id for r in rows if r.id not in already])
+        todo = [(r.id, json.loads(r.custom_fields_json)) for r in rows if r.id in targets and r.id not in already]
+        if not todo:
+            return
+        if self.dry_run:
+            c.created += len(todo)
+            return
+        requests = [CreateRequest("annotation", {
+            "subject": f"{self.platform}: custom fields [ref:C{lead_id}]",
+            "notetext": "\n".join(f"{name}: {value}" for name, value in sorted(fields.items())),
+            "objectid": EntityReference(targets[lead_id].crm_id, targets[lead_id].entity),
+            "objecttypecode": targets[lead_id].entity,
+        }) for lead_id, fields in todo]
+        for item in self.gateway.write(requests):
+            lead_id = todo[item.index][0]
+            if item.ok and item.id:
+                self.link("custom-note", lead_id, "annotation", item.id)
+                c.created += 1
+            else:
+                self.fail("create", "annotation", item.error or "Not processed.", local_type="lead", local_id=lead_id)
+        self.commit()
+
     def reconcile_inflight_events(self) -> None:
         """Notes sent by a run that died before saving their ids: find them by reference, or send again."""
         pending = db.session.execute(
@@ -669,10 +700,11 @@ class Runner:
         batch: list = []
         imported = 0
 
+        postgres = db.session.get_bind().dialect.name == "postgresql"
+
         def among(column, values: list):
-            """``column IN values``; on PostgreSQL as one array parameter: a 1,000-parameter IN list, once
-            prepared, can get a generic plan that scans the whole table while its statistics lag a large import."""
-            if db.session.get_bind().dialect.name != "postgresql":
+            """``column IN values``; on PostgreSQL as one array parameter (one plan, whatever the count)."""
+            if not postgres:
                 return column.in_(values)
             from sqlalchemy import any_
             from sqlalchemy.dialects.postgresql import ARRAY
@@ -810,13 +842,15 @@ class Runner:
             self.counts.note = "Off: Synchronize Supplier Leads is not selected."
             return
         query = select(Lead).where(Lead.organization_id == self.org_id, Lead.origin == LeadOrigin.distributed)
-        self._push_query(query, allow_updates=integ.ld_allow_field_updates)
+        self._push_query(query, allow_updates=integ.ld_allow_field_updates, custom_notes=True)
 
-    def _push_query(self, query, *, allow_updates: bool) -> None:
+    def _push_query(self, query, *, allow_updates: bool, custom_notes: bool = False) -> None:
         total = db.session.scalar(select(func.count()).select_from(query.subquery()))
         done = 0
         for chunk in self.iter_lead_chunks(query):
-            self.push_leads(chunk, allow_updates=allow_updates)
+            linked = self.push_leads(chunk, allow_updates=allow_updates)
+            if custom_notes:
+                self.push_custom_notes(linked)
             done += len(chunk)
             self.progress(done, total)
 
@@ -1198,6 +1232,7 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
                     linked = runner.push_leads(list(leads), allow_updates=integration.ld_allow_field_updates)
                     if linked:
                         runner.push_events(linked, all_types=True)
+                        runner.push_custom_notes(linked)
             elif run.kind == "retry":
                 _retry(runner, failure_ids)
             else:

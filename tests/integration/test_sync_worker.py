@@ -151,3 +151,17 @@ def test_a_worker_killed_mid_push_leaves_nothing_lost_or_doubled(app, distributi
     with app.app_context():
         assert db.session.scalar(select(func.count()).select_from(Lead).where(
             Lead.acceptance == Acceptance.pending)) == n
+
+
+def test_custom_fields_go_into_a_note_once_when_asked(app, distributing):
+    """G3: with *send custom fields into the Notes*, a distributed lead's custom fields become one note."""
+    crm, iid = distributing["crm"], distributing["integration_id"]
+    configure(app, iid, lead_distribution=True, ld_sync_supplier_leads=True, enabled=True,
+              ld_custom_fields_in_notes=True)
+    lead_id = distribute(app, {"email": "custom@notes.example", "last_name": "Note",
+                               "custom_fields": {"Budget": "50k", "Region": "EMEA"}})
+    run_steps(app, iid, kind="push", lead_ids=[lead_id])
+    run_steps(app, iid, kind="push", lead_ids=[lead_id])
+    notes = [n for n in crm.records("annotation") if f"[ref:C{lead_id}]" in (n.get("subject") or "")]
+    assert len(notes) == 1
+    assert "Budget: 50k" in notes[0]["notetext"] and "Region: EMEA" in notes[0]["notetext"]
