@@ -31,9 +31,11 @@ test: install browser
 BENCHES := bench/sync.py bench/pull.py bench/push_latency.py bench/pages.py
 
 bench: install
+	@bash scripts/ensure-wrk
 	@set -e; for b in $(BENCHES); do echo "== $$b"; $(BIN)/python $$b; done
 
 bench-quick: install
+	@bash scripts/ensure-wrk
 	@set -e; for b in $(BENCHES); do echo "== $$b --quick"; $(BIN)/python $$b --quick; done
 
 clean:

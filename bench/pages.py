@@ -5,8 +5,8 @@
 
 Starts the production-like stack (PostgreSQL, Redis, the sandbox CRM; bench/common.py), seeds with bulk inserts
 a partner whose integration has ROWS sync runs (a few with failures) and a supplier with ROWS partners whose
-integrations are On, Off, in Error, tested or not; then serves the portal as in production (waitress with
-threads, in its own process, on a free loopback port, with the stack's environment), signs in with requests and
+integrations are On, Off, in Error, tested or not; then serves the portal as in production (gunicorn, one
+process per core with threads, on a free loopback port, with the stack's environment), signs in with requests and
 runs wrk (Debian's, /usr/bin/wrk) against each page with the session cookie. A wrk Lua script counts every
 answer that is not 200; any such answer fails the benchmark.
 
@@ -263,16 +263,17 @@ def sql_counts(st: Stack, ids: dict) -> list[tuple[str, int, int]]:
 
 
 @contextlib.contextmanager
-def serve_portal(st: Stack, threads: int):
-    """waitress with THREADS threads in its own process, on a free loopback port."""
+def serve_portal(st: Stack, threads: int, workers: int = 2):
+    """gunicorn (WORKERS processes of THREADS threads, as production runs it), on a free loopback port."""
     import requests
 
     from sandbox.testing import free_port
 
     port = free_port()
     log = open(Path(st.env["PORTAL_INSTANCE_PATH"]) / "portal.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "bench.serve_portal", str(port), "--threads", str(threads)],
-                            cwd=ROOT, env=st.env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", str(workers),
+                             "--threads", str(threads), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+                             "wsgi:app"], cwd=ROOT, env=st.env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -293,6 +294,15 @@ def serve_portal(st: Stack, threads: int):
             proc.kill()
             proc.wait()
         log.close()
+
+
+def tree_cpu(proc) -> float:
+    """CPU seconds of a process and its children (gunicorn's workers)."""
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(Exception):
+            total += sum(child.cpu_times()[:2])
+    return total
 
 
 def login_cookie(base: str, email: str) -> str:
@@ -336,7 +346,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds of load per page (default 30)")
     parser.add_argument("--connections", type=int, default=20)
     parser.add_argument("--wrk-threads", type=int, default=2)
-    parser.add_argument("--server-threads", type=int, default=8)
+    parser.add_argument("--server-threads", type=int, default=4)
+    parser.add_argument("--server-workers", type=int, default=2, help="gunicorn processes (one per core)")
     parser.add_argument("--rows", type=int, default=1000, help="sync runs, and partners of the supplier")
     args = parser.parse_args()
     duration = args.duration or (4.0 if args.quick else 30.0)
@@ -350,20 +361,21 @@ def main() -> None:
         print(f"seeded {args.rows} sync runs and {args.rows} partners in {time.monotonic() - t0:.1f} s")
         counts = sql_counts(st, ids)
         results = []
-        with serve_portal(st, args.server_threads) as (base, proc):
+        with serve_portal(st, args.server_threads, args.server_workers) as (base, proc):
             server = psutil.Process(proc.pid)
             cookies = {email: login_cookie(base, email) for email in (PARTNER_ADMIN, SUPPLIER_ADMIN)}
             for label, path, email, target in pages_for(ids["big"], PARTNER_ADMIN, SUPPLIER_ADMIN):
                 run_wrk(base + path, cookies[email], 1, 2, 1, Path(tmp))  # warm-up: templates, pool, caches
-                cpu = sum(server.cpu_times()[:2])
+                cpu = tree_cpu(server)
                 figures = run_wrk(base + path, cookies[email], duration, args.connections, args.wrk_threads,
                                   Path(tmp))
-                figures["cpu_ms"] = (sum(server.cpu_times()[:2]) - cpu) * 1000 / max(1, figures["requests"])
+                figures["cpu_ms"] = (tree_cpu(server) - cpu) * 1000 / max(1, figures["requests"])
                 results.append((label, path, figures, target))
 
     print()
-    print(f"Pages under load: wrk -t{args.wrk_threads} -c{args.connections} -d{duration:g}s, waitress with "
-          f"{args.server_threads} threads, PostgreSQL; {args.rows} sync runs / {args.rows} partners")
+    print(f"Pages under load: wrk -t{args.wrk_threads} -c{args.connections} -d{duration:g}s, gunicorn with "
+          f"{args.server_workers} processes of {args.server_threads} threads, PostgreSQL; {args.rows} sync runs / "
+          f"{args.rows} partners")
     print(f"{'page':<24} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'target p95':>11}  result"
           f"  {'server CPU ms/req':>17}")
     for label, _path, f, target in results:

@@ -78,7 +78,9 @@ def load_config(overrides: dict | None = None) -> dict:
         "REMEMBER_COOKIE_HTTPONLY": True,
         "REMEMBER_COOKIE_SAMESITE": "Lax",
         "WTF_CSRF_TIME_LIMIT": None,  # pages stay open for long; the token is tied to the session instead
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # No ping before each checkout (a round trip per request); connections are recycled instead, and a
+        # request on a connection the server dropped fails once and the pool replaces it.
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_recycle": 300},
         "WORKER_STALE_SECONDS": env_int("WORKER_STALE_SECONDS", 5),
         # Request bodies (forms and the JSON API) are small; refuse anything larger than this.
         "MAX_CONTENT_LENGTH": env_int("MAX_CONTENT_LENGTH", 5 * 1024 * 1024),

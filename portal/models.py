@@ -386,4 +386,5 @@ def integration_for(org: Organization, kind: str = catalog.DYNAMICS) -> CrmInteg
         found = CrmIntegration(organization_id=org.id, kind=kind)
         db.session.add(found)
         db.session.flush()
+        db.session.info["uncommitted_integration"] = True  # the caller decides when to commit
     return found

@@ -51,7 +51,9 @@ def home():
 
 def _rows() -> list[CrmIntegration]:
     rows = [integration_for(current_user.organization, kind) for kind in catalog.CRM_KINDS]
-    db.session.commit()
+    # The first visit makes the rows; later visits write nothing.
+    if db.session.info.pop("uncommitted_integration", False):
+        db.session.commit()
     return rows
 
 
@@ -99,32 +101,41 @@ def dismiss_notice(notice_id: int):
     return redirect(url_for("settings.crm"))
 
 
+PARTNERS_PER_PAGE = 100
+
+
 @bp.route("/partners")
 @admin_required
 def partners():
-    """For a supplier: each partner's integration state (On, Off or Error) — never their settings (P3)."""
+    """For a supplier: each partner's integration state (On, Off or Error) — never their settings (P3).
+
+    A page of 100 partners at a time, errors first when asked; the counts for every state come from one query.
+    """
+    from sqlalchemy import case, func
+
     if not current_user.organization.is_supplier:
         abort(404)
     partner = Organization.__table__.alias("partner")
-    rows = db.session.execute(
-        select(
-            partner.c.id, partner.c.name, CrmIntegration.enabled, CrmIntegration.error_code,
-            CrmIntegration.error_at, CrmIntegration.last_test_ok, CrmIntegration.last_test_at,
-        )
-        .select_from(partner_suppliers)
-        .join(partner, partner.c.id == partner_suppliers.c.partner_id)
-        .outerjoin(CrmIntegration, CrmIntegration.organization_id == partner.c.id)
-        .where(partner_suppliers.c.supplier_id == current_user.organization_id)
-        .order_by(partner.c.name)
-    ).all()
-    summary = {state: 0 for state in IntegrationState}
-    shown = []
-    for row in rows:
-        state = (IntegrationState.error if row.error_code else
-                 IntegrationState.on if row.enabled else IntegrationState.off)
-        summary[state] += 1
-        shown.append((row, state))
-    return render_template("settings/partners.html", rows=shown, summary=summary)
+    state = case((CrmIntegration.error_code != "", "error"), (CrmIntegration.enabled.is_(True), "on"), else_="off")
+    base = (select(partner.c.id, partner.c.name, state.label("state"), CrmIntegration.last_test_ok,
+                   CrmIntegration.last_test_at, CrmIntegration.error_at)
+            .select_from(partner_suppliers)
+            .join(partner, partner.c.id == partner_suppliers.c.partner_id)
+            .outerjoin(CrmIntegration, CrmIntegration.organization_id == partner.c.id)
+            .where(partner_suppliers.c.supplier_id == current_user.organization_id))
+    every = base.subquery()
+    counts = dict(db.session.execute(select(every.c.state, func.count()).group_by(every.c.state)).all())
+    summary = {s: counts.get(s.name, 0) for s in IntegrationState}
+    wanted = request.args.get("state", "")
+    if wanted in ("on", "off", "error"):
+        base = base.where(state == wanted)
+    page = max(1, request.args.get("page", 1, type=int) or 1)
+    rows = db.session.execute(base.order_by(partner.c.name).limit(PARTNERS_PER_PAGE + 1)
+                              .offset((page - 1) * PARTNERS_PER_PAGE)).all()
+    more = len(rows) > PARTNERS_PER_PAGE
+    shown = [(row, IntegrationState[row.state]) for row in rows[:PARTNERS_PER_PAGE]]
+    return render_template("settings/partners.html", rows=shown, summary=summary, page=page, more=more,
+                           state=wanted, per_page=PARTNERS_PER_PAGE)
 
 
 @bp.route("/crm/<int:integration_id>/toggle", methods=["POST"])

@@ -85,3 +85,12 @@ def test_banner_under_the_row(app, partner_admin, client):
     assert 'data-state="Error"' in page
     assert 'data-code="auth_failed"' in page
     assert "What to do: Check the user name, password and domain" in page
+
+
+def test_first_visit_creates_and_keeps_the_integration_row(app, factory, auth, client):
+    factory.org("Fresh Partner")
+    factory.user("new@fresh.example", "Fresh Partner", "admin")
+    auth.login("new@fresh.example")
+    assert client.get("/settings/crm").status_code == 200
+    with app.app_context():
+        assert db.session.query(CrmIntegration).count() == 1

@@ -58,3 +58,20 @@ def test_notice_of_another_organization_is_404(app, partner_admin, factory, clie
         notice_id = db.session.query(Notice).one().id
     resp = client.post(f"/settings/notices/{notice_id}/dismiss", data={"csrf_token": auth.token()})
     assert resp.status_code == 404
+
+
+def test_partners_are_paged_and_filtered_by_state(app, factory, auth, client):
+    factory.org("Acme Supplier", "supplier")
+    for i in range(105):
+        org = factory.org(f"P{i:03d}", "partner", ("Acme Supplier",))
+        if i % 10 == 0:
+            factory.integration(org, enabled=True)
+    factory.user("boss@acme.example", "Acme Supplier", "admin")
+    auth.login("boss@acme.example")
+    first = client.get("/settings/partners").text
+    assert first.count("data-partner=") == 100 and "Next 100" in first
+    assert "All: 105" in first and "On: 11" in first and "Off: 94" in first
+    second = client.get("/settings/partners?page=2").text
+    assert second.count("data-partner=") == 5 and "Previous 100" in second and "Next 100" not in second
+    on_only = client.get("/settings/partners?state=on").text
+    assert on_only.count("data-partner=") == 11 and 'data-state="Off"' not in on_only
