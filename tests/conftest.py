@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from collections.abc import Iterator
@@ -224,3 +225,22 @@ def connected(app, factory, partner_admin, crm) -> dict:
         row.password_encrypted = encrypt(crm.password)
         db.session.commit()
     return {**partner_admin, "crm": crm}
+
+
+@contextlib.contextmanager
+def count_statements(app):
+    """The SQL statements the app runs inside the block, as a list (its length is the count)."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    with app.app_context():
+        engine = db.engine
+
+    def record(_conn, _cursor, statement, *_args):
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from portal.extensions import db
 from portal.platform_models import Acceptance, CrmActivity, Lead, LeadOrigin, Opportunity, OutboxEmail
 
-from ..conftest import PASSWORD, csrf_from
+from ..conftest import PASSWORD, count_statements, csrf_from
 
 
 @pytest.fixture
@@ -52,23 +51,6 @@ def lead_row(app, lead_id: int) -> Lead:
 def switch_user(client, auth, email: str) -> None:
     client.post("/logout", data={"csrf_token": auth.token("/login")})
     assert auth.login(email, PASSWORD).status_code == 302
-
-
-@contextmanager
-def statements(app):
-    """Count the SQL statements run inside the block."""
-    seen: list[str] = []
-    with app.app_context():
-        engine = db.engine
-
-    def count(conn, cursor, statement, *args):
-        seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
 
 
 # -- the supplier distributes
@@ -260,14 +242,14 @@ def test_distributed_page_has_no_n_plus_one(app, orgs, client, auth):
                 db.session.commit()
 
     add(1)
-    with statements(app) as few:
+    with count_statements(app) as few:
         assert client.get("/leads/distributed").status_code == 200
     add(9)
-    with statements(app) as many:
+    with count_statements(app) as many:
         page = client.get("/leads/distributed")
     assert page.text.count("data-activity") == 20 and page.text.count("data-opportunity") == 10
     assert len(many) == len(few) <= 5, many  # user, leads with partners, activities, opportunities
     switch_user(client, auth, "admin@acme.example")
-    with statements(app) as partner:
+    with count_statements(app) as partner:
         assert client.get("/leads").status_code == 200
     assert len(partner) <= 3, partner  # user, leads with suppliers
