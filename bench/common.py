@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,13 +32,15 @@ class Stack:
     sandbox: SandboxServer
     database_url: str
     workers: list[subprocess.Popen] = field(default_factory=list)
+    started: int = 0
 
     def start_worker(self, queues: str = "") -> psutil.Process:
         """A real RQ worker process (python -m jobs.worker), as in production."""
         args = [sys.executable, "-m", "jobs.worker"] + (["--queues", queues] if queues else [])
         folder = Path(self.env["PORTAL_INSTANCE_PATH"])
         folder.mkdir(parents=True, exist_ok=True)
-        log = open(folder / f"worker-{len(self.workers)}.log", "w")  # noqa: SIM115
+        self.started += 1
+        log = open(folder / f"worker-{self.started}.log", "w")  # noqa: SIM115
         proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(proc)
         return psutil.Process(proc.pid)
@@ -86,6 +89,7 @@ def stack(sandbox_threads: int = 8) -> Iterator[Stack]:
 
                 db.engine.dispose()
             services.drop_database(admin, url)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def partner_with_integration(st: Stack, name: str = "Bench Partner", **settings) -> tuple[int, int]:
