@@ -554,55 +554,61 @@ class Runner:
                 buffer += [(ev, target[ev.lead_id]) for ev in found
                            if ev.event_type in types or target[ev.lead_id].origin == LeadOrigin.distributed]
                 done += len(leads)
-            if not buffer or (leads and len(buffer) < chunk_size):
-                if not leads:
-                    break
-                continue
-            rows, buffer = buffer[:chunk_size], buffer[chunk_size:]
-            if self.dry_run:
-                c.created += len(rows)
-                continue
-            requests = []
-            for event, lead in rows:
-                entity, crm_id = lead.entity, lead.crm_id
-                when = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
-                requests.append(CreateRequest("annotation", {
-                    "subject": f"{self.platform}: {labels.get(event.event_type, event.event_type)} "
-                               f"{REF.format(id=event.id)}",
-                    "notetext": f"{labels.get(event.event_type, event.event_type)} on {when}."
-                                + (f"\n{event.details}" if event.details else ""),
-                    "objectid": EntityReference(crm_id, entity),
-                    "objecttypecode": entity,
-                }))
-                # In flight: a crash after the CRM wrote the note but before we saved its id is reconciled.
-                self.link("event", event.id, "annotation", "")
-            self.commit()
-            results = self.gateway.write(requests)
-            ok = []
-            for item in results:
-                event = rows[item.index][0]
-                if item.ok and item.id:
-                    ok.append((event.id, item.id))
-                else:
-                    if not getattr(item.error, "outcome_unknown", False):
-                        # Refused for certain: no note was written. Otherwise the in-flight marker stays, and the
-                        # next run finds the note by its reference or sends it again.
-                        db.session.execute(delete(CrmLink).where(
-                            CrmLink.integration_id == self.integration.id, CrmLink.local_type == "event",
-                            CrmLink.local_id == event.id))
-                    self.fail("create", "annotation", item.error or "Not processed.", local_type="event",
-                              local_id=event.id)
-            if ok:
-                table = CrmLink.__table__
-                db.session.execute(
-                    table.update().where(table.c.integration_id == self.integration.id,
-                                         table.c.local_type == "event", table.c.local_id == bindparam("lid"))
-                    .values(crm_id=bindparam("cid")),
-                    [{"lid": event_id, "cid": crm_id} for event_id, crm_id in ok])
-            c.created += len(ok)
-            self.resolve_failures("event", [e for e, _ in ok])
-            self.commit()
+            # Send every full chunk now (and the rest at the end): the buffer never holds more than a chunk
+            # plus one group of leads' events, whatever the number of leads.
+            while len(buffer) >= chunk_size or (not leads and buffer):
+                rows, buffer = buffer[:chunk_size], buffer[chunk_size:]
+                self._send_notes(rows, labels)
             self.progress(done, total)
+            if not leads:
+                break
+
+    def _send_notes(self, rows: list, labels: dict) -> None:
+        """Create one chunk of notes; each is marked in flight first, then linked or recorded as failed."""
+        c = self.counts
+        if self.dry_run:
+            c.created += len(rows)
+            return
+        requests = []
+        for event, lead in rows:
+            entity, crm_id = lead.entity, lead.crm_id
+            when = event.occurred_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+            requests.append(CreateRequest("annotation", {
+                "subject": f"{self.platform}: {labels.get(event.event_type, event.event_type)} "
+                           f"{REF.format(id=event.id)}",
+                "notetext": f"{labels.get(event.event_type, event.event_type)} on {when}."
+                            + (f"\n{event.details}" if event.details else ""),
+                "objectid": EntityReference(crm_id, entity),
+                "objecttypecode": entity,
+            }))
+            # In flight: a crash after the CRM wrote the note but before we saved its id is reconciled.
+            self.link("event", event.id, "annotation", "")
+        self.commit()
+        results = self.gateway.write(requests)
+        ok = []
+        for item in results:
+            event = rows[item.index][0]
+            if item.ok and item.id:
+                ok.append((event.id, item.id))
+            else:
+                if not getattr(item.error, "outcome_unknown", False):
+                    # Refused for certain: no note was written. Otherwise the in-flight marker stays, and the
+                    # next run finds the note by its reference or sends it again.
+                    db.session.execute(delete(CrmLink).where(
+                        CrmLink.integration_id == self.integration.id, CrmLink.local_type == "event",
+                        CrmLink.local_id == event.id))
+                self.fail("create", "annotation", item.error or "Not processed.", local_type="event",
+                          local_id=event.id)
+        if ok:
+            table = CrmLink.__table__
+            db.session.execute(
+                table.update().where(table.c.integration_id == self.integration.id,
+                                     table.c.local_type == "event", table.c.local_id == bindparam("lid"))
+                .values(crm_id=bindparam("cid")),
+                [{"lid": event_id, "cid": crm_id} for event_id, crm_id in ok])
+        c.created += len(ok)
+        self.resolve_failures("event", [e for e, _ in ok])
+        self.commit()
 
     def push_custom_notes(self, lead_ids: Sequence[int]) -> None:
         """G3 *send custom fields into the Notes*: a distributed lead's custom fields as one note on its record."""

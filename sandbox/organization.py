@@ -401,7 +401,9 @@ class Organization:
             if pause:
                 time.sleep(pause)
             try:
-                with store.savepoint():
+                # Outside a batch transaction (simulated processing time) each item opens its own with
+                # BEGIN IMMEDIATE, so parallel batches wait for the write lock instead of failing on it.
+                with store.transaction(), store.savepoint():
                     message, type_ns, results = self.execute(req, user, nested=True)
             except CrmFault as fault:
                 faulted = True
