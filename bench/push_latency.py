@@ -5,7 +5,7 @@ distributed as the portal does it (``portal.leads.distribute_lead``, with 2 even
 sandbox and notes when each lead's record appears. Prints the median, 95th and 99th percentile.
 
     .venv/bin/python bench/push_latency.py                 # 200 leads, one every 0.5 s
-    .venv/bin/python bench/push_latency.py --quick         # 40 leads
+    .venv/bin/python bench/push_latency.py --quick         # 40 leads, one every 0.2 s
     .venv/bin/python bench/push_latency.py --interval 0.25 # a faster rate
 """
 
@@ -28,9 +28,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="40 leads")
     parser.add_argument("--leads", type=int, default=0)
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between two distributions")
+    parser.add_argument("--interval", type=float, default=0.0, help="seconds between two distributions (0.5)")
     args = parser.parse_args()
     count = args.leads or (40 if args.quick else 200)
+    args.interval = args.interval or (0.2 if args.quick else 0.5)
     with stack() as st:
         from portal import leads, queues
         from portal.cli import create_org

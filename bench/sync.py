@@ -132,11 +132,11 @@ def main() -> None:
     parser.add_argument("--latencies", default="", help="comma-separated CRM latencies in ms (default 0,20)")
     parser.add_argument("--no-compare", action="store_true", help="skip the one-per-record and lanes cases")
     args = parser.parse_args()
-    sizes = [int(x) for x in args.sizes.split(",") if x] or ([300, 1500] if args.quick else [1000, 10000, 100000])
+    sizes = [int(x) for x in args.sizes.split(",") if x] or ([300, 1000] if args.quick else [1000, 10000, 100000])
     latencies = tuple(int(x) for x in args.latencies.split(",") if x) or ((20,) if args.quick else (0, 20))
-    single_n = 100 if args.quick else 1000
-    parallel_n = 2000  # two lead batches and ten note batches: enough for 4 lanes to overlap
-    per_record_ms = 0.5 if args.quick else 5
+    single_n = 60 if args.quick else 1000
+    parallel_n = 1000 if args.quick else 2000  # 2,000: two lead batches and ten note batches for 4 lanes
+    per_record_ms = 1 if args.quick else 5
     print(f"Nightly push benchmark — {time.strftime('%Y-%m-%d %H:%M')} — leads with 5 events each; "
           "records written = leads + notes")
     with stack() as st:
