@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             port = int(env.get("SANDBOX_PORT", "0")) or _port_or_free(5555)
             data = inst / "sandbox"
             children.append(subprocess.Popen(  # noqa: S603 - our own module
-                [sys.executable, "-m", "sandbox", "--port", str(port), "--data-dir", str(data), "--seed"],
+                [sys.executable, "-m", "sandbox", "--port", str(port), "--data-dir", str(data), "--seed",
+                 "--platform-option"],
                 cwd=PROJECT_ROOT, env=env,
             ))
             base = f"http://127.0.0.1:{port}"
