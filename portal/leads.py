@@ -157,9 +157,15 @@ def push_now(lead: Lead) -> None:
     if integration is None or not integration.enabled or not (
             integration.lead_distribution and integration.ld_sync_supplier_leads):
         return
+    from redis.exceptions import RedisError
+
     from .schedule import start_run
 
-    start_run(integration, "push", lead_ids=[lead.id], trigger=f"distributed lead {lead.id}")
+    try:
+        start_run(integration, "push", lead_ids=[lead.id], trigger=f"distributed lead {lead.id}")
+    except (RedisError, OSError):
+        # The lead and its email are saved; the nightly catch-up pushes it if the queue cannot be reached now.
+        log.exception("could not queue the push of lead %s; the nightly run will push it", lead.id)
 
 
 def set_acceptance(lead: Lead, accepted: bool, via: str) -> bool:

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from . import queues
 from .extensions import db
 from .models import CrmIntegration, utcnow
-from .platform_models import SyncFailure, SyncRun
+from .platform_models import RunStatus, SyncFailure, SyncRun
 from .sync import new_run, nightly_slot
 
 NIGHTLY_KEY = "portal:nightly:{id}"
@@ -24,11 +24,12 @@ def schedule_next_night(integration_id: int) -> None:
         when = nightly_slot(integration_id, now + timedelta(days=1))
     key = NIGHTLY_KEY.format(id=integration_id)
     stamp = when.isoformat()
-    if conn.get(key) == stamp.encode():
+    # SET … GET in one command: of two workers starting at once, only the first schedules the night.
+    previous = conn.set(key, stamp, ex=int((when - now).total_seconds()) + 3600, get=True)
+    if previous == stamp.encode():
         return
     queues.queue(queues.QUEUE_NIGHTLY).enqueue_at(when, "jobs.sync.nightly", integration_id,
                                                   job_timeout=6 * 3600, result_ttl=86400)
-    conn.set(key, stamp, ex=int((when - now).total_seconds()) + 3600)
 
 
 def ensure_schedules() -> int:
@@ -62,8 +63,15 @@ def start_run(integration: CrmIntegration, kind: str, *, dry_run: bool = False, 
     """Queue a run now: push at once on its own queue, the rest on the nightly queue."""
     run = new_run(integration, kind, dry_run=dry_run, trigger=trigger)
     queue_name = queues.QUEUE_PUSH if kind in ("push", "retry") else queues.QUEUE_NIGHTLY
-    job = queues.queue(queue_name).enqueue("jobs.sync.run", run.id, steps, lead_ids, failure_ids,
-                                           job_timeout=6 * 3600, result_ttl=3600, failure_ttl=86400)
+    try:
+        job = queues.queue(queue_name).enqueue("jobs.sync.run", run.id, steps, lead_ids, failure_ids,
+                                               job_timeout=6 * 3600, result_ttl=3600, failure_ttl=86400)
+    except Exception:
+        # The ledger must not show a run waiting forever for a job that was never queued.
+        run.status, run.finished_at = RunStatus.failed, utcnow()
+        run.message = "The run could not be queued (Redis did not answer). Nothing was sent; try again."
+        db.session.commit()
+        raise
     run.job_id = job.id
     db.session.commit()
     return run

@@ -165,3 +165,24 @@ def test_custom_fields_go_into_a_note_once_when_asked(app, distributing):
     notes = [n for n in crm.records("annotation") if f"[ref:C{lead_id}]" in (n.get("subject") or "")]
     assert len(notes) == 1
     assert "Budget: 50k" in notes[0]["notetext"] and "Region: EMEA" in notes[0]["notetext"]
+
+
+def test_distribution_survives_a_queue_outage(app, distributing):
+    """Redis down: the lead is kept, the run is marked failed (not left waiting), the nightly catch-up pushes it."""
+    from portal.embedded import free_port
+
+    configure(app, distributing["integration_id"], lead_distribution=True, ld_sync_supplier_leads=True,
+              enabled=True)
+    # A real outage: the queue's Redis is a loopback port where nothing listens.
+    working = app.config["REDIS_URL"]
+    app.config["REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+    app.extensions["portal_redis"] = None
+    try:
+        lead_id = distribute(app, {"email": "outage@example.com", "last_name": "Outage"})
+    finally:
+        app.config["REDIS_URL"] = working
+        app.extensions["portal_redis"] = None
+    with app.app_context():
+        assert db.session.get(Lead, lead_id) is not None
+        run = db.session.scalar(select(SyncRun).where(SyncRun.kind == "push"))
+        assert run.status == RunStatus.failed and "could not be queued" in run.message
