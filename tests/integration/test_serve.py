@@ -1,0 +1,51 @@
+"""`make run`'s launcher: serves the portal with its worker, Redis and sandbox, and Ctrl-C stops them all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+from portal.embedded import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_launcher_serves_the_demo_and_ctrl_c_stops_everything(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL", "CRM_ALLOWED_NETWORKS")}
+    env.update({"PORTAL_INSTANCE_PATH": str(tmp_path), "PORTAL_PORT": str(port), "SANDBOX_PORT": str(free_port())})
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "portal.serve"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/login", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, "the portal did not answer"
+            time.sleep(0.1)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 2  # the sandbox and the worker (Redis too when redis-server is installed)
+        output = (tmp_path / "serve.log").read_text()
+        assert "admin@partner.example" in output and f"http://127.0.0.1:{port}/" in output
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        gone, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, alive
+        assert "Stopped the portal" in (tmp_path / "serve.log").read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
