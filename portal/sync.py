@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -308,6 +308,7 @@ class Runner:
         self.counts: StepCounts | None = None
         self._last_progress = 0.0
         self._pending_links: list[dict] = []
+        self._writer: ThreadPoolExecutor | None = None  # sends a chunk while the next one is prepared
 
     # -- ledger helpers
 
@@ -402,6 +403,12 @@ class Runner:
         self._pending_links.append({"integration_id": self.integration.id, "local_type": local_type,
                                     "local_id": local_id, "entity": entity, "crm_id": crm_id,
                                     "last_synced_at": utcnow()})
+
+    def close(self) -> None:
+        """Wait for a chunk still being sent (after a failure nobody reads its outcome: its notes stay in flight)."""
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     def commit(self) -> None:
         """Write buffered links in one statement, then commit."""
@@ -539,7 +546,7 @@ class Runner:
             select(func.count()).select_from(CrmLink).where(CrmLink.integration_id == self.integration.id,
                                                             CrmLink.local_type == "lead"))
         chunk_size = BATCH * max(1, self.gateway.parallel)
-        done, last, buffer = 0, 0, []
+        done, last, buffer, pending = 0, 0, [], None
         while True:
             leads = db.session.execute(leads_q.where(CrmLink.local_id > last).order_by(CrmLink.local_id)
                                        .limit(LEAD_CHUNK_FOR_EVENTS)).all()
@@ -556,19 +563,26 @@ class Runner:
                 done += len(leads)
             # Send every full chunk now (and the rest at the end): the buffer never holds more than a chunk
             # plus one group of leads' events, whatever the number of leads.
+            # While one chunk is on its way to the CRM, the next is read and prepared, and the one before is
+            # recorded: the database work and the CRM's work overlap instead of taking turns.
             while len(buffer) >= chunk_size or (not leads and buffer):
                 rows, buffer = buffer[:chunk_size], buffer[chunk_size:]
-                self._send_notes(rows, labels)
+                started = self._start_notes(rows, labels)
+                if pending is not None:
+                    self._finish_notes(*pending)
+                pending = started
             self.progress(done, total)
             if not leads:
                 break
+        if pending is not None:
+            self._finish_notes(*pending)
 
-    def _send_notes(self, rows: list, labels: dict) -> None:
-        """Create one chunk of notes; each is marked in flight first, then linked or recorded as failed."""
+    def _start_notes(self, rows: list, labels: dict):
+        """Mark one chunk of notes in flight, then send it in the background; (rows, future), or None."""
         c = self.counts
         if self.dry_run:
             c.created += len(rows)
-            return
+            return None
         requests = []
         for event, lead in rows:
             entity, crm_id = lead.entity, lead.crm_id
@@ -584,7 +598,22 @@ class Runner:
             # In flight: a crash after the CRM wrote the note but before we saved its id is reconciled.
             self.link("event", event.id, "annotation", "")
         self.commit()
-        results = self.gateway.write(requests)
+        if self.gateway.parallel <= 1:
+            # A push (one lane, a kept session) writes in this thread: a new thread would need a new NTLM session.
+            now: Future = Future()
+            try:
+                now.set_result(self.gateway.write(requests))
+            except Exception as exc:  # noqa: BLE001 - handed over to _finish_notes, which raises it
+                now.set_exception(exc)
+            return rows, now
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-writer")
+        return rows, self._writer.submit(self.gateway.write, requests)
+
+    def _finish_notes(self, rows: list, future) -> None:
+        """Record the outcome of a chunk of notes: link those written, record those that failed."""
+        c = self.counts
+        results = future.result()
         ok = []
         for item in results:
             event = rows[item.index][0]
@@ -1261,8 +1290,10 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
             run = db.session.get(SyncRun, run_id)
             run.finished_at = utcnow()
             run.progress_done = run.progress_total
-            if runner is not None and gateway is None:
-                runner.gateway.close()
+            if runner is not None:
+                runner.close()
+                if gateway is None:
+                    runner.gateway.close()
             db.session.commit()
     return run
 
