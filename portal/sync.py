@@ -97,14 +97,6 @@ LEAD_STATE = {0: "Open", 1: "Qualified", 2: "Disqualified"}
 REF = "[ref:E{id}]"
 
 
-class RunAborted(Exception):
-    """A failure that stops the whole run (authentication, configuration)."""
-
-    def __init__(self, error: DynamicsError):
-        super().__init__(error.message)
-        self.error = error
-
-
 def backoff(attempts: int) -> timedelta:
     """How long a transient failure waits before its next try: 1, 5, 30 minutes, then 2 hours."""
     return timedelta(minutes=[1, 5, 30, 120][min(attempts, 4) - 1])
@@ -1394,12 +1386,6 @@ def push_acceptance(lead: Lead, integration: CrmIntegration) -> None:
     lead.crm_state_code, lead.crm_status_code = state, status
     lead.crm_status = "Qualified" if state == 1 else "Disqualified · No Longer Interested"
     db.session.commit()
-
-
-def last_runs(integration_id: int, limit: int = 50) -> list[SyncRun]:
-    """The latest runs of an integration, newest first."""
-    return db.session.scalars(select(SyncRun).where(SyncRun.integration_id == integration_id)
-                              .order_by(SyncRun.id.desc()).limit(limit)).all()
 
 
 def running_run(integration_id: int) -> SyncRun | None:
