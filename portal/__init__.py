@@ -6,14 +6,15 @@ import logging
 
 from flask import Flask, render_template, request
 
-from . import cli, queues
+from . import assets, cli, queues
 from .config import load_config
 from .extensions import csrf, db, login_manager, migrate
 
 
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app: configuration from the environment, extensions, blueprints, CLI, error pages."""
-    app = Flask(__name__, instance_relative_config=False)
+    # Static files are served by assets (hashed names, long cache, compression), not by Flask's own route.
+    app = Flask(__name__, instance_relative_config=False, static_folder=None)
     app.config.update(load_config(overrides))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -30,6 +31,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     login_manager.login_message = "Sign in to continue."
     login_manager.session_protection = "strong"
     queues.init_app(app)
+    assets.init_app(app)
 
     from .views import api, auth, integrations, leads, runs, settings, tokens
 
