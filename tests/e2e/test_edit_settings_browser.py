@@ -186,7 +186,10 @@ def test_wrong_password_fails_with_what_to_do_in_place(page: Page, stack: LiveSt
 
 
 def test_right_password_passes_then_switch_on(page: Page, stack: LiveStack):
+    from .test_guidance_browser import set_up
+
     stack.reset(connected=True, password=WRONG_PASSWORD)
+    set_up(stack, supplier=True, marketing_automation=True)
     open_edit(page, stack)
     page.locator("#connection").get_by_label("CRM password").fill(stack.crm.password)
     assert save_and_test(page)["outcome"] == "passed"
