@@ -33,7 +33,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     queues.init_app(app)
     assets.init_app(app)
 
-    from .views import api, auth, integrations, leads, runs, settings, tokens
+    from .views import api, auth, integrations, leads, lists, runs, settings, tokens
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(settings.bp)
@@ -42,6 +42,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(leads.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(runs.bp)
+    app.register_blueprint(lists.bp)
     cli.init_app(app)
     _error_pages(app)
     _security_headers(app)

@@ -799,58 +799,10 @@ class Runner:
         return imported
 
     def step_contact_lists(self) -> None:
-        """S8: CRM marketing lists of leads or contacts (never accounts) become platform contact lists."""
-        integ = self.integration
-        c = self.counts
-        if not (integ.marketing_automation and integ.ma_pull_contacts) or integ.record_leads_as == "contact":
-            c.note = "Off: Pull Contacts is not selected (Usage Profile)."
-            return
-        query = fetch_xml("list", ["listid", "listname", "type", "createdfromcode", "query"],
-                          [("createdfromcode", "in", [2, 4]), ("statecode", "eq", 0)], order=["listid"])
-        for crm_list in list(self.gateway.fetch(query)):
-            attrs = crm_list.attributes
-            code = attrs.get("createdfromcode")
-            code = code.value if isinstance(code, OptionSetValue) else code
-            member = {2: "contact", 4: "lead"}.get(code)
-            if member is None:
-                continue
-            dynamic = bool(attrs.get("type"))
-            local = db.session.scalar(select(ContactList).where(
-                ContactList.organization_id == self.org_id, ContactList.crm_list_id == crm_list.id))
-            if local is not None and local.last_synced_at and dynamic and not local.keep_in_sync:
-                c.skipped += 1
-                continue
-            if self.dry_run:
-                c.created += local is None
-                continue
-            if local is None:
-                local = ContactList(organization_id=self.org_id, crm_list_id=crm_list.id, dynamic=dynamic,
-                                    member_type=member, name=attrs.get("listname") or "CRM list")
-                db.session.add(local)
-                c.created += 1
-            else:
-                local.name = attrs.get("listname") or local.name
-                c.updated += 1
-            db.session.flush()
-            db.session.execute(delete(ContactListMember).where(ContactListMember.list_id == local.id))
-            self.commit()
-            list_id = local.id
-            skipped_before = c.skipped
-            columns = [f"{member}id", "emailaddress1", *CONTACT_ATTRS.values(),
-                       *(["companyname"] if member == "lead" else [])]
-            if dynamic and attrs.get("query"):
-                members_query = _with_columns(attrs["query"], member, columns)
-            else:
-                members_query = fetch_xml(member, columns, order=[f"{member}id"], links=[{
-                    "name": "listmember", "from": "entityid", "to": f"{member}id", "intersect": True,
-                    "conditions": [("listid", "eq", crm_list.id)]}])
-            local = db.session.get(ContactList, list_id)
-            count = self._import_people(member, members_query, into_list=local)
-            local = db.session.get(ContactList, list_id)
-            local.member_count = count
-            local.skipped_without_email = c.skipped - skipped_before
-            local.last_synced_at = utcnow()
-            self.commit()
+        """S8: contact lists made from CRM marketing lists of leads or contacts (never accounts)."""
+        from .sync_lists import refresh_contact_lists
+
+        refresh_contact_lists(self)
 
     def step_push_marketing_leads(self) -> None:
         """S5: marketing leads whose score exceeds the threshold."""
