@@ -229,3 +229,27 @@ def test_static_files_are_hashed_cached_and_compressed(page: Page, stack: LiveSt
     asked = [r["url"] for rid, r in received.items()
              if rid not in cached and not r.get("fromDiskCache") and not r.get("fromPrefetchCache")]
     assert asked == [], f"{len(asked)} static requests reached the server: {asked}"
+
+
+def test_without_javascript_a_running_run_refreshes_until_done(new_context, stack: LiveStack):
+    from portal import sync
+    from portal.extensions import db
+    from portal.models import CrmIntegration, utcnow
+    from portal.platform_models import RunStatus, SyncRun
+
+    with stack.app.app_context():
+        run_id = sync.new_run(db.session.get(CrmIntegration, stack.integration_id), "manual", trigger="test").id
+        db.session.remove()
+    page = new_context(java_script_enabled=False).new_page()
+    open_listing(page)
+    page.goto(f"/settings/crm/{stack.integration_id}/runs/{run_id}")
+    expect(page.locator("[data-refreshing]")).to_contain_text("Refresh to see the result")
+    expect(page.locator("#run-body")).to_have_attribute("data-status", "queued")
+    with stack.app.app_context():
+        run = db.session.get(SyncRun, run_id)
+        run.status, run.started_at, run.finished_at = RunStatus.finished, utcnow(), utcnow()
+        db.session.commit()
+        db.session.remove()
+    # Nobody clicks anything: the page refreshes itself and stops once the run is done.
+    expect(page.locator("#run-body")).to_have_attribute("data-status", "finished", timeout=10_000)
+    expect(page.locator("[data-refreshing]")).to_have_count(0)
