@@ -41,7 +41,8 @@ def members(contact_list: ContactList, search: str = "", page: int = 1) -> Membe
     """A page of members by name and email; ``search`` matches either, taken literally (no wildcards)."""
     query = (select(Lead).join(ContactListMember, ContactListMember.lead_id == Lead.id)
              .where(ContactListMember.list_id == contact_list.id))
-    search = search.strip()[:200]
+    # Control characters and lone surrogates can match nothing (and PostgreSQL refuses a NUL outright).
+    search = "".join(ch for ch in search if ord(ch) >= 32 and not 0xD800 <= ord(ch) <= 0xDFFF).strip()[:200]
     if search:
         query = query.where(or_(*(column.icontains(search, autoescape=True)
                                   for column in (Lead.email, Lead.first_name, Lead.last_name))))

@@ -87,6 +87,8 @@ def test_create_from_crm_list_reads_the_crm_live_and_imports(app, seeded, client
     assert again.status_code == 422 and "is already made from this list" in again.text
     missing = client.post("/lists/new", data={"csrf_token": token, "crm_list_id": springfield, "name": ""})
     assert missing.status_code == 422 and "Name the contact list." in missing.text
+    junk = client.post("/lists/new", data={"csrf_token": token, "crm_list_id": "not-a-list", "name": "A\x00B"})
+    assert junk.status_code == 422 and "Use letters, digits and punctuation only." in junk.text
 
     run_steps(app, iid, ["contact_lists"])
     assert len(member_emails(app, list_id)) == 5
@@ -150,6 +152,7 @@ def test_members_are_paged_and_searched_literally(app, seeded, client):
     found = client.get(f"/lists/{buyers}", query_string={"q": one.split("@")[0].upper()}).text
     assert found.count("data-member=") >= 1 and one in found
     assert client.get(f"/lists/{buyers}", query_string={"q": "%"}).text.count("data-member=") == 0  # not a wildcard
+    assert client.get(f"/lists/{buyers}?q=%00%ED%A0%80&page=x").status_code == 200  # NUL, a surrogate, no page
     from portal import contact_lists
 
     with app.app_context():
