@@ -284,17 +284,19 @@ def browser_type_launch_args(browser_type_launch_args) -> dict:
     }
 
 
-@pytest.fixture(scope="session")
-def accessibility_states() -> Iterator[list[int]]:
-    """How many page states the scan covered in the session, printed at its end."""
-    counts: list[int] = []
-    yield counts
-    print(f"\nE2E-ACCESSIBILITY: {sum(counts)} page states scanned (axe-core, WCAG 2.1 A/AA) "
-          f"in {len(counts)} tests")
+# Page states the accessibility scan covered, per test; summed at the end of the session.
+SCANNED: list[int] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say how many page states the accessibility scan covered."""
+    if SCANNED:
+        terminalreporter.write_line(f"accessibility scan: {sum(SCANNED)} page states in {len(SCANNED)} browser tests "
+                                    "(axe-core, WCAG 2.1 A/AA; serious or critical violations fail the test)")
 
 
 @pytest.fixture
-def new_context(new_context, accessibility_states) -> Iterator[Callable]:
+def new_context(new_context) -> Iterator[Callable]:
     """Every browser context a test opens, with JavaScript, is scanned; serious or critical violations fail the test."""
     scan = AccessibilityScan()
 
@@ -306,7 +308,7 @@ def new_context(new_context, accessibility_states) -> Iterator[Callable]:
 
     yield make
     scan.flush()
-    accessibility_states.append(scan.states)
+    SCANNED.append(scan.states)
     assert not scan.findings and not scan.errors, "accessibility violations:\n" + scan.report()
 
 
