@@ -219,6 +219,8 @@ def test_authentication_failure_raises_the_listing_banner(page: Page, stack: Liv
     expect(row(page, stack).locator(".banner")).to_have_count(0)
 
     page.locator("main a", has_text="Edit Settings").click()
+    # The page must have arrived before the watcher is installed in it.
+    expect(page).to_have_url(re.compile(rf"/settings/crm/{stack.integration_id}/edit$"))
     assert save_and_test(page)["outcome"] == "failed"
     expect(page.locator("#test-status [data-test=failed]")).to_have_attribute("data-code", "auth_failed")
 
