@@ -55,7 +55,14 @@ class Context:
         self._pending_links: list[dict] = []
         self.would_create: set[str] = set()  # in a Preview: emails of the people it would have created
         self.rec = Recorder(run, self.commit)
-        self.watermarks = Watermarks(integration.id, full=bool(run.full), writes=self.writes)
+        self._watermarks: Watermarks | None = None
+
+    @property
+    def watermarks(self) -> Watermarks:
+        """How far the pull steps have read this integration's CRM (loaded when a pull step first asks)."""
+        if self._watermarks is None:
+            self._watermarks = Watermarks(self.integration.id, full=bool(self.run.full), writes=self.writes)
+        return self._watermarks
 
     @property
     def counts(self) -> StepCounts:
