@@ -10,7 +10,7 @@ from .connectors.dynamics import DynamicsError
 from .extensions import db
 from .models import CrmIntegration
 from .platform_models import ContactList, ContactListMember, Lead
-from .sync_lists import CrmList, live_marketing_lists
+from .sync.steps.contact_lists import CrmList, live_marketing_lists
 
 MEMBERS_PER_PAGE = 50
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 
 from . import queues
 from .extensions import db
+from .ledger import new_run
 from .models import CrmIntegration, utcnow
 from .platform_models import RunStatus, SyncFailure, SyncRun
-from .sync import new_run, nightly_slot
 
 NIGHTLY_KEY = "portal:nightly:{id}"
+
+
+def nightly_slot(integration_id: int, day: datetime) -> datetime:
+    """When an integration's nightly run starts: spread between 01:00 and 05:00 UTC, stable per integration."""
+    minutes = (integration_id * 7919) % (4 * 60)
+    base = datetime(day.year, day.month, day.day, 1, 0, tzinfo=UTC)
+    return base + timedelta(minutes=minutes)
 
 
 def schedule_next_night(integration_id: int) -> None:
@@ -59,9 +66,9 @@ def schedule_retry(integration_id: int) -> None:
 
 def start_run(integration: CrmIntegration, kind: str, *, dry_run: bool = False, steps: list[str] | None = None,
               lead_ids: list[int] | None = None, failure_ids: list[int] | None = None,
-              trigger: str = "") -> SyncRun:
-    """Queue a run now: push at once on its own queue, the rest on the nightly queue."""
-    run = new_run(integration, kind, dry_run=dry_run, trigger=trigger)
+              trigger: str = "", full: bool = False) -> SyncRun:
+    """Queue a run now: push at once on its own queue, the rest on the nightly queue (``full``: read everything)."""
+    run = new_run(integration, kind, dry_run=dry_run, trigger=trigger, full=full)
     queue_name = queues.QUEUE_PUSH if kind in ("push", "retry") else queues.QUEUE_NIGHTLY
     try:
         job = queues.queue(queue_name).enqueue("jobs.sync.run", run.id, steps, lead_ids, failure_ids,

@@ -22,7 +22,7 @@ from ..extensions import db
 from ..forms import CsrfOnlyForm
 from ..models import CrmIntegration, audit
 from ..platform_models import SyncRun
-from .settings import fragment, is_htmx
+from .htmx import fragment, is_htmx, poll, require_csrf
 
 bp = Blueprint("runs", __name__, url_prefix="/settings/crm")
 
@@ -57,24 +57,24 @@ def history(integration_id: int):
     return resp
 
 
-def _start(integration_id: int, *, dry_run: bool):
-    """Sync now or Preview: refuse with a reason, or queue the run; then the list (htmx) or PRG."""
+def _start(integration_id: int, *, dry_run: bool, full: bool = False):
+    """Sync now, Preview or Resync everything: refuse with a reason, or queue the run; then the list or PRG."""
     integration = own_integration(integration_id)
-    if not CsrfOnlyForm().validate_on_submit():
-        abort(400)
+    require_csrf()
     refusal = ledger.start_refusal(integration, "manual")
     status = 200
     if refusal:
         flash(refusal, "error")
         status = 409
     else:
-        what = "Preview" if dry_run else "Sync now"
-        run = schedule.start_run(integration, "manual", dry_run=dry_run,
+        what = "Preview" if dry_run else "Resync everything" if full else "Sync now"
+        run = schedule.start_run(integration, "manual", dry_run=dry_run, full=full,
                                  trigger=f"{what} · {current_user.email}"[:100])
-        audit(current_user, integration.organization_id, "asked for a preview" if dry_run else "started a sync",
-              [], integration.id)
+        audit(current_user, integration.organization_id, "asked for a preview" if dry_run
+              else "started a full resync" if full else "started a sync", [], integration.id)
         db.session.commit()
         flash(f"Preview #{run.id} queued: it reads the CRM and changes nothing." if dry_run
+              else f"Run #{run.id} queued: it reads every CRM record again." if full
               else f"Run #{run.id} queued.", "success")
     if is_htmx():
         return fragment("runs/_runs.html", status=status, **_history_context(integration))
@@ -86,6 +86,13 @@ def _start(integration_id: int, *, dry_run: bool):
 def sync_now(integration_id: int):
     """Sync now: queue a manual run of the nightly steps."""
     return _start(integration_id, dry_run=False)
+
+
+@bp.route("/<int:integration_id>/runs/resync", methods=["POST"])
+@admin_required
+def resync(integration_id: int):
+    """Resync everything: a manual run that reads every CRM record, not only those changed since the last run."""
+    return _start(integration_id, dry_run=False, full=True)
 
 
 @bp.route("/<int:integration_id>/runs/preview", methods=["POST"])
@@ -127,11 +134,7 @@ def status(integration_id: int, run_id: int):
         body = render_template("runs/_run_body.html", **_detail_context(integration, run))
     else:
         body = render_template("runs/_run_row.html", row=integration, run=run)
-    # Not fragment(): its out-of-band flash would wipe a message at the first poll.
-    resp = make_response(body, 286 if run.done else 200)
-    resp.headers["Vary"] = "HX-Request"
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+    return poll(body, run.done, no_store=True)
 
 
 @bp.route("/<int:integration_id>/runs/<int:run_id>/retry", methods=["POST"])
@@ -140,8 +143,7 @@ def retry(integration_id: int, run_id: int):
     """Retry one failed record (failure_id) or all the run's pending ones, as a retry run."""
     integration = own_integration(integration_id)
     run = _run_or_404(integration, run_id)
-    if not CsrfOnlyForm().validate_on_submit():
-        abort(400)
+    require_csrf()
     one = request.form.get("failure_id", type=int)
     if request.form.get("failure_id") and one is None:
         abort(400)

@@ -86,7 +86,7 @@ def run_steps(app, integration_id: int, steps: list[str] | None = None, *, kind:
 def make_lists(app, integration_id: int, names: set[str] | None = None, keep: bool = True) -> dict[str, int]:
     """Contact lists made from the CRM's marketing lists of these names (all by default); their ids by name."""
     from portal import contact_lists
-    from portal.sync_lists import live_marketing_lists
+    from portal.sync.steps.contact_lists import live_marketing_lists
 
     made = {}
     with app.app_context():

@@ -44,7 +44,7 @@ def member_emails(app, list_id: int) -> set[str]:
 
 def crm_service(app, iid: int):
     """The connector's Organization Service on the sandbox, to change the CRM as a person there would."""
-    from portal.sync import CrmGateway
+    from portal.sync.gateway import CrmGateway
 
     with app.app_context():
         return CrmGateway(db.session.get(CrmIntegration, iid), 1).service()
