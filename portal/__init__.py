@@ -31,7 +31,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     login_manager.session_protection = "strong"
     queues.init_app(app)
 
-    from .views import api, auth, integrations, leads, runs, settings, tokens
+    from .views import RowIdConverter, api, auth, integrations, leads, runs, settings, tokens
+
+    app.url_map.converters["int"] = RowIdConverter
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(settings.bp)

@@ -22,6 +22,7 @@ from ..extensions import db
 from ..forms import CsrfOnlyForm
 from ..models import CrmIntegration, audit
 from ..platform_models import SyncRun
+from . import id_arg
 from .settings import fragment, is_htmx
 
 bp = Blueprint("runs", __name__, url_prefix="/settings/crm")
@@ -39,7 +40,7 @@ def _run_or_404(integration: CrmIntegration, run_id: int) -> SyncRun:
 
 
 def _history_context(integration: CrmIntegration) -> dict:
-    before = request.args.get("before", type=int)
+    before = id_arg("before")
     runs, older = ledger.runs_page(integration.id, before)
     return {"row": integration, "runs": runs, "older": older, "before": before, "csrf_form": CsrfOnlyForm()}
 

@@ -22,6 +22,7 @@ from ..models import (
     utcnow,
 )
 from ..queues import QUEUE_DEFAULT
+from . import page_arg
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
 
@@ -129,7 +130,7 @@ def partners():
     wanted = request.args.get("state", "")
     if wanted in ("on", "off", "error"):
         base = base.where(state == wanted)
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = page_arg()
     rows = db.session.execute(base.order_by(partner.c.name).limit(PARTNERS_PER_PAGE + 1)
                               .offset((page - 1) * PARTNERS_PER_PAGE)).all()
     more = len(rows) > PARTNERS_PER_PAGE
