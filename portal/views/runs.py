@@ -22,7 +22,7 @@ from ..extensions import db
 from ..forms import CsrfOnlyForm
 from ..models import CrmIntegration, audit
 from ..platform_models import SyncRun
-from . import id_arg
+from . import DB_INT_MAX, id_arg
 from .settings import fragment, is_htmx
 
 bp = Blueprint("runs", __name__, url_prefix="/settings/crm")
@@ -143,7 +143,7 @@ def retry(integration_id: int, run_id: int):
     if not CsrfOnlyForm().validate_on_submit():
         abort(400)
     one = request.form.get("failure_id", type=int)
-    if request.form.get("failure_id") and one is None:
+    if request.form.get("failure_id") and (one is None or not 1 <= one <= DB_INT_MAX):
         abort(400)
     ids = ledger.pending_failure_ids(run, [one] if one is not None else None)
     refusal = ledger.retry_refusal(run)
