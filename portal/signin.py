@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from werkzeug.security import check_password_hash
@@ -57,6 +57,10 @@ def _lock(email: str, client: str, now: datetime, base_seconds: int) -> None:
                             table.c.locked_until.is_(None) | (table.c.locked_until <= now))
         .values(locked_until=now + timedelta(seconds=seconds), locks=table.c.locks + 1, attempts=0)
     )
+    # Pairs quiet for a day and not locked are forgotten, so guessing at random emails cannot grow the table
+    # without bound; locks are when guessing happens, so that is when to sweep.
+    db.session.execute(delete(table).where(table.c.updated_at < now - MAX_LOCK,
+                                           table.c.locked_until.is_(None) | (table.c.locked_until <= now)))
     db.session.commit()
 
 

@@ -349,3 +349,22 @@ def test_nul_in_the_sign_in_form_is_a_message_not_a_500(factory, client):
     factory.user("ann@acme.example", "Acme Partner")
     resp = sign_in(client, "ann@acme.example\x00", "x\x00y")
     assert resp.status_code == 422
+
+
+def test_quiet_unlocked_pairs_are_forgotten_when_guessing_starts(app, factory):
+    from datetime import timedelta
+
+    from portal.models import LoginThrottle, utcnow
+
+    factory.org("Acme Partner")
+    factory.user("ann@acme.example", "Acme Partner")
+    client = app.test_client()
+    sign_in(client, "old@acme.example", "Wrong-Password-1", OWNER)
+    with app.app_context():
+        db.session.execute(LoginThrottle.__table__.update().values(updated_at=utcnow() - timedelta(days=2)))
+        db.session.commit()
+    for _ in range(app.config["LOGIN_MAX_FAILURES"]):
+        sign_in(client, "ann@acme.example", "Wrong-Password-1", ATTACKER)
+    with app.app_context():
+        left = db.session.scalars(select(LoginThrottle.email)).all()
+    assert left == ["ann@acme.example"]
