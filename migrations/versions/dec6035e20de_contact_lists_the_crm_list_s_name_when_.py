@@ -1,7 +1,7 @@
 """contact lists: the CRM list's name, when it was found deleted, when made
 
 Revision ID: dec6035e20de
-Revises: 7c1e2f9a4b30
+Revises: bfb0591f801d
 Create Date: 2026-11-30 07:47:56.811963
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = 'dec6035e20de'
-down_revision = '7c1e2f9a4b30'
+down_revision = 'bfb0591f801d'
 branch_labels = None
 depends_on = None
 
