@@ -32,7 +32,7 @@ from .connectors.dynamics.errors import (
     ServerError,
     UnreachableError,
 )
-from .connectors.dynamics.soap import BatchItemResult, CreateRequest, UpdateRequest, fetch_xml
+from .connectors.dynamics.soap import BatchItemResult, CreateRequest, UpdateRequest, fetch_xml, like_contains
 from .connectors.dynamics.xml import EntityReference, Money, OptionSetValue
 from .extensions import db
 from .health import record_failure, record_success
@@ -683,7 +683,8 @@ class Runner:
         guids = sorted(set(lead_guids.values()))
         for i in range(0, len(guids), LOOKUP_CHUNK):
             query = fetch_xml("annotation", ["annotationid", "subject"],
-                              [("objectid", "in", guids[i:i + LOOKUP_CHUNK]), ("subject", "like", "%[ref:E%")],
+                              [("objectid", "in", guids[i:i + LOOKUP_CHUNK]),
+                               ("subject", "like", like_contains("[ref:E"))],
                               order=["annotationid"])
             for note in self.gateway.fetch(query):
                 subject = note.attributes.get("subject") or ""

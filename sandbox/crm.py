@@ -45,6 +45,21 @@ class FaultSettings:
     claims_mode: bool = False
     missing_privilege: list[str] = field(default_factory=list)
     max_concurrent_executemultiple: int = 0
+    # The behaviours of a real server on a bad day (README, "Real-server behaviours").
+    lose_answer_ratio: float = 0.0
+    lose_answer_every_nth: int = 0
+    bad_auth_ticket: bool = False
+    max_batch_size: int = 0
+    item_fault_ratio: float = 0.0
+    item_fault_every_nth: int = 0
+    item_fault_kind: str = "sql_timeout"
+    stale_connection_ratio: float = 0.0
+    stale_connection_every_nth: int = 0
+    drip_ms: int = 0
+    hang_ratio: float = 0.0
+    hang_every_nth: int = 0
+    hang_seconds: float = 0.0
+    hang_writes_only: bool = False
     seed: int | None = None
 
 

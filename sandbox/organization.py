@@ -33,7 +33,15 @@ from .soap import (
     text,
     xi_type,
 )
-from .values import E_BATCH_SIZE, E_INVALID_ARGUMENT, E_SERVER_BUSY, E_UNKNOWN_MESSAGE, CrmFault, EntityIn
+from .values import (
+    E_BATCH_SIZE,
+    E_INVALID_ARGUMENT,
+    E_SERVER_BUSY,
+    E_UNKNOWN_MESSAGE,
+    TRANSIENT_ITEM_FAULTS,
+    CrmFault,
+    EntityIn,
+)
 
 VERSION = "8.2.2.112"
 MAX_BATCH = 1000
@@ -59,6 +67,7 @@ class Organization:
     def __init__(self, crm: Crm) -> None:
         """Bind to the organization's data."""
         self.crm = crm
+        self.injector: Any = None  # the app's fault injector (transient per-item faults)
 
     # ------------------------------------------------------------ entry
 
@@ -364,12 +373,14 @@ class Organization:
         """ExecuteMultipleRequest: per-item faults, ContinueOnError, ReturnResponses, batch limit, throttle."""
         requests = params.get("Requests") or []
         settings = params.get("Settings") or {"ContinueOnError": False, "ReturnResponses": False}
-        if len(requests) > MAX_BATCH:
+        # On-premises administrators can lower the limit; the fault names it in ErrorDetails, as the real one does.
+        limit_size = min(MAX_BATCH, self.crm.faults.max_batch_size or MAX_BATCH)
+        if len(requests) > limit_size:
             raise CrmFault(
                 E_BATCH_SIZE,
                 f"The request collection contains {len(requests)} requests, which exceeds the maximum "
-                f"batch size of {MAX_BATCH}.",
-                {"MaxBatchSize": MAX_BATCH},
+                f"batch size of {limit_size}.",
+                {"MaxBatchSize": limit_size},
             )
         limit = self.crm.faults.max_concurrent_executemultiple
         with self.crm.em_lock:
@@ -400,7 +411,12 @@ class Organization:
         for index, req in enumerate(requests):
             if pause:
                 time.sleep(pause)
+            faults = self.crm.faults
             try:
+                if self.injector is not None and self.injector.hit("item_fault", faults.item_fault_ratio,
+                                                                   faults.item_fault_every_nth):
+                    code, text_ = TRANSIENT_ITEM_FAULTS.get(faults.item_fault_kind, TRANSIENT_ITEM_FAULTS["generic"])
+                    raise CrmFault(code, text_)
                 # Outside a batch transaction (simulated processing time) each item opens its own with
                 # BEGIN IMMEDIATE, so parallel batches wait for the write lock instead of failing on it.
                 with store.transaction(), store.savepoint():

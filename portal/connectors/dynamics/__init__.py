@@ -31,6 +31,8 @@ from .soap import (
     UpdateRequest,
     WhoAmI,
     fetch_xml,
+    like_contains,
+    like_literal,
 )
 from .transport import ConnectionConfig, Transport
 from .urlguard import check_url, classify_address, is_allowed, normalize_host, parse_allowed_networks
@@ -78,6 +80,8 @@ __all__ = [
     "error_from_fault",
     "fetch_xml",
     "is_allowed",
+    "like_contains",
+    "like_literal",
     "normalize_host",
     "odata_literal",
     "parse_allowed_networks",

@@ -137,6 +137,16 @@ def version_name(version: str) -> str:
 # ---------------------------------------------------------------- FetchXML
 
 
+def like_literal(text: str) -> str:
+    """Escape a literal for a FetchXML `like` (SQL Server LIKE): [ % _ become [[] [%] [_], so they match themselves."""
+    return "".join(f"[{c}]" if c in "[%_" else c for c in text)
+
+
+def like_contains(text: str) -> str:
+    """A `like` pattern matching values that contain the literal text."""
+    return f"%{like_literal(text)}%"
+
+
 def _fetch_value(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"

@@ -152,7 +152,7 @@ class SoapFault:
         if self.has_service_fault:
             details = " ".join(f"{k}={v}" for k, v in self.error_details.items())
             raw = f"{self.raw} {details}".strip() if details else self.raw
-            return error_from_fault(self.error_code, self.message or self.reason, raw)
+            return error_from_fault(self.error_code, self.message or self.reason, raw, self.error_details)
         code = (self.code or "").rsplit(":", 1)[-1].lower()
         if "internalservicefault" in (self.subcode or "").lower() or code in ("receiver", "server"):
             return ServerError(f"The CRM reported an internal error: {self.reason}", detail=self.raw)
