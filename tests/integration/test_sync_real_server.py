@@ -35,3 +35,25 @@ def test_a_lost_notes_answer_is_found_by_reference_not_written_twice(app, ready)
     refs = note_refs(crm)
     assert set(refs) == set(event_ids(app, ids)) and set(refs.values()) == {1}, "a note was written twice"
     assert failures(app, iid) == []
+
+
+def test_bad_auth_ticket_is_an_authentication_failure_not_server_busy(app, ready):
+    """Item 2: -2147180286 is BadAuthTicket: the run stops at once, the banner says so, it counts toward Off."""
+    crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
+    configure(app, iid, marketing_automation=True, enabled=True, auth_failure_limit=2)
+    make_leads(app, org, 3, prefix="ticket")
+    crm.set_faults(bad_auth_ticket=True)
+    before = sum(crm.stats()["faults"].values())
+    run = run_steps(app, iid, kind="nightly")
+    assert run["status"] == "failed" and run["created"] == 0, run
+    assert "ticket" in run["message"].lower()
+    # Refused once, not tried again six times as if the CRM were busy.
+    assert sum(crm.stats()["faults"].values()) - before <= 2
+    with app.app_context():
+        integ = db.session.get(CrmIntegration, iid)
+        assert integ.error_code == "auth_failed" and integ.auth_failures == 1
+    run_steps(app, iid, kind="nightly")
+    with app.app_context():
+        assert db.session.get(CrmIntegration, iid).enabled is False  # switched Off after the limit
+    crm.clear_faults()
+    assert crm.records("lead") == []
