@@ -6,9 +6,8 @@ import pytest
 
 from portal.extensions import db
 from portal.models import CrmIntegration
-from portal.platform_models import LeadOrigin
 
-from .sync_helpers import configure, emails_in_crm, event_ids, failures, make_leads, note_refs, run_steps
+from .sync_helpers import configure, event_ids, failures, make_leads, note_refs, run_steps
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,15 +128,20 @@ def _tls_handshake(sock: socket.socket, host: str, config: ConnectionConfig) -> 
     return f"{version}, certificate valid until {expires}" if expires else version
 
 
+TIME_LIMIT = 50.0  # seconds: a connection test ends within a minute, whatever the server does
+
+
 def test_connection(
     config: ConnectionConfig,
     platform_name: str = "ZiftONE",
     on_step: Callable[[Step], None] | None = None,
     transport: Transport | None = None,
+    time_limit: float = TIME_LIMIT,
 ) -> ConnectionTestResult:
-    """Run the connection test steps in order, stopping at the first failure."""
+    """Run the connection test steps in order, stopping at the first failure; the whole test ends in time_limit."""
     result = ConnectionTestResult()
     own_transport = transport is None
+    until = time.monotonic() + time_limit
 
     def done(name: str, ok: bool, detail: str = "") -> None:
         step = Step(name, ok, detail)
@@ -144,6 +150,10 @@ def test_connection(
             on_step(step)
 
     def fail(name: str, error: DynamicsError) -> None:
+        if isinstance(error, RequestTimeoutError) and time.monotonic() >= until - 0.5:
+            error = RequestTimeoutError(
+                f"The CRM did not answer within the {time_limit:.0f} s a connection test may take "
+                f"(it stopped at the step {name}).", detail=error.message)
         result.error = error
         done(name, False, error.message)
         raise _Stop
@@ -184,6 +194,7 @@ def test_connection(
         if t is None:
             t = Transport(config)
         tr = t
+        tr.until = until
         service = OrganizationService(tr)
         before = tr.handshakes
 

@@ -538,11 +538,25 @@ def set_nil(el: etree._Element) -> None:
     el.set(q(XSI, "nil"), "true")
 
 
+# Characters XML 1.0 forbids: C0 controls other than tab, newline and carriage return; lone surrogates; U+FFFE/F.
+_NOT_XML_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_NOT_XML_OTHER = re.compile("[\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """Text that XML 1.0 can carry: a control character becomes a space, a lone surrogate U+FFFD.
+
+    A value stored before the portal refused such characters must not break the batch it travels in.
+    """
+    text = _NOT_XML_CONTROL.sub(" ", text)
+    return _NOT_XML_OTHER.sub("\ufffd", text)
+
+
 def sub(parent: etree._Element, ns: str, local: str, text: str | None = None) -> etree._Element:
-    """Append a child element in a namespace, with optional text (escaped by lxml)."""
+    """Append a child element in a namespace, with optional text (escaped by lxml, made XML-safe)."""
     el = etree.SubElement(parent, q(ns, local))
     if text is not None:
-        el.text = text
+        el.text = xml_safe(text)
     return el
 
 
@@ -584,7 +598,7 @@ def write_value(el: etree._Element, value: Any) -> etree._Element:
         el.text = str(value).lower()
     elif isinstance(value, str):
         set_type(el, XSD, "string")
-        el.text = value
+        el.text = xml_safe(value)
     elif isinstance(value, OptionSetValue):
         set_type(el, XRM, "OptionSetValue")
         sub(el, XRM, "Value", str(int(value.value)))
@@ -621,7 +635,7 @@ def write_entity_reference(el: etree._Element, ref: EntityReference) -> None:
     if ref.name is None:
         set_nil(name)
     else:
-        name.text = ref.name
+        name.text = xml_safe(ref.name)
 
 
 def write_key_value(parent: etree._Element, key: str, value: Any) -> etree._Element:
