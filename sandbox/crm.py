@@ -256,6 +256,7 @@ class Crm:
         if explicit is not None:
             rid = norm_guid(str(explicit))
         rid = rid or str(uuid.uuid4())
+        check_lengths(ent, attrs)
         data = {k: to_stored(ent, k, v, custom) for k, v in attrs.items()}
         self._resolve_lookups(ent, data, dict(data))
         state = to_stored(ent, "statecode", state_val, custom) if state_val is not None else 0
@@ -316,6 +317,7 @@ class Crm:
         custom = self.custom_options(ent.name, "leadsourcecode") if ent.name == "lead" else {}
         state_val = attrs.pop("statecode", None)
         status_val = attrs.pop("statuscode", None)
+        check_lengths(ent, attrs)
         changed = {k: to_stored(ent, k, v, custom) for k, v in attrs.items()}
         self._resolve_lookups(ent, data, changed)
         for key, value in changed.items():
@@ -487,6 +489,18 @@ class Crm:
             for lid in {d["listid"]["Id"] for _, d in out if d.get("listid")}:
                 self._recount(lid)
         return [rid for rid, _ in out]
+
+
+def check_lengths(ent: s.EntityDef, attrs: dict[str, Any]) -> None:
+    """Refuse a text longer than its attribute's MaxLength, in the words of the server's validation error."""
+    for name, value in attrs.items():
+        limit = s.max_length(ent.name, name)
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            raise CrmFault(
+                E_INVALID_ARGUMENT,
+                f"A validation error occurred. The length of the '{name}' attribute of the '{ent.name}' entity "
+                f"exceeded the maximum allowed length of '{limit}'.",
+            )
 
 
 def option_value(value: Any) -> int:

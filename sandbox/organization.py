@@ -9,7 +9,7 @@ from lxml import etree
 
 from . import schema as s
 from .crm import Crm, User, option_value
-from .metadata import picklist_metadata
+from .metadata import entity_metadata, picklist_metadata
 from .query import Result, parse_fetch, parse_xml
 from .soap import (
     CRM,
@@ -285,6 +285,15 @@ class Organization:
             raise CrmFault(E_INVALID_ARGUMENT, "Required field 'EntityMoniker' is missing")
         self.crm.set_state(ref, option_value(params.get("State")), option_value(params.get("Status")), user)
         return []
+
+    def msg_RetrieveEntity(self, params: dict[str, Any], user: User) -> list[tuple[str, str]]:  # noqa: N802
+        """RetrieveEntityRequest with EntityFilters Attributes: the entity's text attributes and their MaxLength."""
+        entity = str(params.get("LogicalName") or "")
+        ent = self.crm.entity_def(entity)
+        filters = str(params.get("EntityFilters") or "Entity")
+        if "Attributes" not in filters and "All" not in filters:
+            raise CrmFault(E_INVALID_ARGUMENT, "The sandbox describes entities with EntityFilters Attributes only.")
+        return [("EntityMetadata", entity_metadata(ent))]
 
     def msg_RetrieveAttribute(self, params: dict[str, Any], user: User) -> list[tuple[str, str]]:  # noqa: N802
         """RetrieveAttributeRequest: picklists only (the connector needs lead.leadsourcecode)."""

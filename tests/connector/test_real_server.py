@@ -149,3 +149,26 @@ def test_control_characters_in_stored_values_do_not_break_the_batch(sb) -> None:
     (stored,) = sb.records("lead", email="ctrl@example.net")
     assert stored["lastname"] == "Sm ith " and stored["firstname"] == "Ann\ufffd"
     assert svc.retrieve_multiple(fetch_xml("lead", ["leadid"], [("lastname", "eq", "Sm\x01ith\x0b")])).entities
+
+
+def test_the_connection_test_reads_field_lengths_from_the_metadata(sb) -> None:  # noqa: ANN001
+    """Item 9: MaxLength of the text attributes the sync writes, as the CRM's metadata says."""
+    config = ConnectionConfig(org_url=sb.org_url, username=sb.username, password=sb.password, domain=sb.domain,
+                              allowed_networks=LOOPBACK)
+    result = test_connection(config)
+    assert result.ok, result.to_dict()
+    lead = result.max_lengths["lead"]
+    assert (lead["firstname"], lead["lastname"], lead["companyname"], lead["address1_city"],
+            lead["address1_postalcode"]) == (50, 50, 100, 80, 20)
+    assert "companyname" not in result.max_lengths["contact"] and result.max_lengths["contact"]["firstname"] == 50
+    assert result.to_dict()["max_lengths"] == result.max_lengths
+    assert any(step.name == "Field lengths" and step.ok for step in result.steps)
+
+
+def test_the_sandbox_refuses_a_value_longer_than_its_attribute(sb) -> None:  # noqa: ANN001
+    """Item 9: as a real server does, with the message of its validation error."""
+    svc = _service(sb)
+    (result,) = svc.execute_multiple([CreateRequest("lead", {"lastname": "x" * 51, "emailaddress1": "l@example.net"})])
+    assert not result.ok
+    assert "exceeded the maximum allowed length of '50'" in result.error.message
+    assert sb.records("lead") == []

@@ -18,7 +18,7 @@ from portal.extensions import db
 from portal.models import BackgroundJob, CrmIntegration, JobStatus, Notice, utcnow
 
 STEPS = ["URL check", "DNS and TCP", "TLS", "NTLM handshake", "Organization Service", "WhoAmI", "Version",
-         "Read access", "Lead source option", "OData"]
+         "Read access", "Lead source option", "Field lengths", "OData"]
 WRONG = "Wrong-Secret-Xy7"
 
 

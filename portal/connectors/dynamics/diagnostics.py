@@ -27,6 +27,16 @@ from .urlguard import CheckedUrl, check_address, check_url
 
 log = logging.getLogger("portal.connectors.dynamics")
 
+# Text attributes the sync writes, whose MaxLength the test reads from the CRM's metadata.
+WRITTEN_TEXT = {
+    "lead": ("subject", "firstname", "lastname", "companyname", "jobtitle", "emailaddress1", "telephone1",
+             "mobilephone", "websiteurl", "address1_line1", "address1_line2", "address1_city",
+             "address1_stateorprovince", "address1_postalcode", "address1_country", "description"),
+    "contact": ("firstname", "lastname", "jobtitle", "emailaddress1", "telephone1", "mobilephone", "websiteurl",
+                "address1_line1", "address1_line2", "address1_city", "address1_stateorprovince",
+                "address1_postalcode", "address1_country", "description"),
+}
+
 READ_ENTITIES = (
     ("lead", "leadid"),
     ("contact", "contactid"),
@@ -60,6 +70,8 @@ class ConnectionTestResult:
     business_unit_id: str | None = None
     version: str | None = None
     lead_source_value: int | None = None
+    # MaxLength of the text attributes the sync writes, by entity then attribute (customized CRMs differ).
+    max_lengths: dict[str, dict[str, int]] = field(default_factory=dict)
     error: DynamicsError | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,6 +83,7 @@ class ConnectionTestResult:
             "organization_id": self.organization_id,
             "version": self.version,
             "lead_source_value": self.lead_source_value,
+            "max_lengths": self.max_lengths,
             "error": self.error.to_dict() if self.error else None,
         }
 
@@ -256,6 +269,18 @@ def test_connection(
 
         result.lead_source_value = run("Lead source option", lead_source)
         done("Lead source option", True, f"{platform_name} = {result.lead_source_value}")
+
+        try:
+            for entity, names in WRITTEN_TEXT.items():
+                lengths = service.retrieve_max_lengths(entity)
+                result.max_lengths[entity] = {n: lengths[n] for n in names if n in lengths}
+            lead = result.max_lengths.get("lead", {})
+            done("Field lengths", True, ", ".join(f"{n} {lead[n]}" for n in ("firstname", "companyname",
+                                                                              "address1_city") if n in lead))
+        except DynamicsError as exc:
+            # Not fatal: records are then checked against the usual limits of an unmodified CRM.
+            result.max_lengths = {}
+            done("Field lengths", True, f"not read ({exc.message}); the usual limits apply")
 
         if config.odata_url:
             def odata() -> str:

@@ -37,6 +37,7 @@ from .xml import (
     XRM2012,
     XSI,
     Entity,
+    EntityFilters,
     EntityPage,
     EntityReference,
     Label,
@@ -53,6 +54,7 @@ from .xml import (
     parse_entity,
     parse_entity_page,
     parse_envelope,
+    parse_max_lengths,
     parse_option_set,
     parse_results,
     parse_xml,
@@ -661,6 +663,22 @@ class OrganizationService:
         if metadata is None:
             raise NotDynamicsError("The RetrieveAttribute response has no AttributeMetadata.")
         return parse_option_set(metadata)
+
+    def retrieve_max_lengths(self, entity: str) -> dict[str, int]:
+        """MaxLength of every text attribute of an entity, from its metadata as published or not (RetrieveEntity)."""
+        r = self.execute(
+            "RetrieveEntity",
+            {
+                "EntityFilters": EntityFilters("Attributes"),
+                "LogicalName": entity,
+                "MetadataId": uuid.UUID(int=0),
+                "RetrieveAsIfPublished": True,
+            },
+        )
+        metadata = r.elements.get("EntityMetadata")
+        if metadata is None:
+            raise NotDynamicsError("The RetrieveEntity response has no EntityMetadata.")
+        return parse_max_lengths(metadata)
 
     def find_option(self, label: str, entity: str = "lead", attribute: str = "leadsourcecode") -> int | None:
         """The value of the option whose label (in any language) equals label, ignoring case."""

@@ -134,6 +134,10 @@ class OptionMetadata:
         return self.user_label or self.labels.get(1033) or next(iter(self.labels.values()), None)
 
 
+class EntityFilters(str):
+    """An md:EntityFilters value ("Entity", "Attributes", "All"...) for RetrieveEntity."""
+
+
 @dataclass
 class SoapFault:
     """A parsed SOAP 1.1 or 1.2 fault."""
@@ -596,6 +600,9 @@ def write_value(el: etree._Element, value: Any) -> etree._Element:
     elif isinstance(value, uuid.UUID):
         set_type(el, SER, "guid")
         el.text = str(value).lower()
+    elif isinstance(value, EntityFilters):
+        set_type(el, META, "EntityFilters")
+        el.text = str(value)
     elif isinstance(value, str):
         set_type(el, XSD, "string")
         el.text = xml_safe(value)
@@ -673,3 +680,14 @@ def build_entity(
 def to_bytes(el: etree._Element) -> bytes:
     """Serialize an element tree as UTF-8 bytes with an XML declaration."""
     return etree.tostring(el, encoding="utf-8", xml_declaration=True)
+
+
+def parse_max_lengths(entity_metadata: etree._Element) -> dict[str, int]:
+    """MaxLength of each text attribute (String and Memo) in an md:EntityMetadata element, by logical name."""
+    lengths: dict[str, int] = {}
+    for attr in entity_metadata.iter(q(META, "AttributeMetadata")):
+        name = child_text(attr, META, "LogicalName")
+        size = _int_or_none(child_text(attr, META, "MaxLength"))
+        if name and size is not None and size > 0:
+            lengths[name] = size
+    return lengths
