@@ -230,7 +230,8 @@ class SandboxApp:
         if busy:
             self.count("fault:busy")
         hang = False
-        if not (faults.hang_writes_only and not _is_write(environ)):
+        if not (faults.hang_writes_only and not _is_write(environ)) and not (
+                faults.hang_limit and self.stats.get("fault:hang", 0) >= faults.hang_limit):
             hang = self.injector.hit("hang", faults.hang_ratio, faults.hang_every_nth)
         if hang:
             self._hang(environ)

@@ -60,6 +60,7 @@ class FaultSettings:
     hang_every_nth: int = 0
     hang_seconds: float = 0.0
     hang_writes_only: bool = False
+    hang_limit: int = 0  # at most this many requests are held (0: no limit)
     seed: int | None = None
 
 
