@@ -21,6 +21,8 @@ def connector_config(*, org_url: str, odata_url: str, username: str, password: s
         organization=(organization or "").strip(),
         ca_bundle=ca_bundle,
         allowed_networks=tuple(parse_allowed_networks(current_app.config.get("CRM_ALLOWED_NETWORKS", ""))),
+        batch_base_seconds=float(current_app.config.get("SYNC_BATCH_BASE_SECONDS", 60.0)),
+        batch_record_seconds=float(current_app.config.get("SYNC_BATCH_RECORD_SECONDS", 0.3)),
     )
 
 
