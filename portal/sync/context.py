@@ -108,7 +108,25 @@ class Context:
             return []
         if not self.writes:
             return [BatchItemResult(i, True, None) for i in range(len(requests))]
-        return self.gateway.write(requests)
+        try:
+            return self.gateway.write(requests)
+        finally:
+            self.learn_from_crm()
+
+    def learn_from_crm(self) -> None:
+        """Keep what the CRM told the connector (a lowered batch limit) and say in the run's log what changed."""
+        for note in self.gateway.new_notes():
+            self.note(note)
+        limit = self.gateway.server_batch_limit
+        if limit and limit != self.integration.batch_size_limit:
+            self.integration.batch_size_limit = limit
+            self.commit()
+
+    def note(self, text: str) -> None:
+        """Add a sentence to the current step's note in the run's log (once)."""
+        c = self.counts
+        if c is not None and text not in c.note:
+            c.note = f"{c.note} {text}".strip()
 
     def write_then_link(self, requests: Sequence, local_ids: Sequence[int], *, local_type: str, operation: str,
                         link_as: str | None = None, on_ok: Callable[[int, BatchItemResult], None] | None = None,
