@@ -38,8 +38,10 @@ def lead_attributes(lead: Any, entity: str, *, creating: bool, platform: str,
                     lead_source_value: int | None = None) -> dict:
     """The CRM attributes of a lead: all standard fields; lead source on new leads (C1)."""
     attrs = {crm: getattr(lead, ours) for ours, crm in attrs_of(entity).items() if getattr(lead, ours)}
+    # Updates carry the email too: a change made in the platform reaches the CRM (the pull would otherwise
+    # bring the old address back as another lead).
+    attrs["emailaddress1"] = lead.email
     if creating:
-        attrs["emailaddress1"] = lead.email
         if not attrs.get("lastname"):
             attrs["lastname"] = lead.email.split("@", 1)[0]  # lastname is required by Dynamics
         if entity == "lead":
@@ -68,6 +70,17 @@ def event_note(event: Any, label: str, entity: str, crm_id: str, platform: str) 
 def event_of_note(subject: str) -> int | None:
     """The event id a note's subject refers to, or None."""
     start = subject.rfind("[ref:E")
+    if start < 0 or not subject.endswith("]"):
+        return None
+    try:
+        return int(subject[start + 6:-1])
+    except ValueError:
+        return None
+
+
+def custom_note_lead(subject: str) -> int | None:
+    """The lead id a custom-fields note's subject refers to, or None."""
+    start = subject.rfind("[ref:C")
     if start < 0 or not subject.endswith("]"):
         return None
     try:
