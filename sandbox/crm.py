@@ -334,7 +334,7 @@ class Crm:
         self.store.replace(stored_entity, rid, data)
 
     def delete(self, entity: str, rid: str, user: User | None) -> None:
-        """Delete a record (and list memberships that point at it)."""
+        """Delete a record (and list memberships, notes and activities that point at it)."""
         ent = self.entity_def(entity)
         self.check_privilege("Delete", ent, user)
         stored_entity, data = self.load(ent.name, rid)
@@ -344,6 +344,12 @@ class Crm:
         conn.execute(
             "DELETE FROM records WHERE entity = 'listmember' AND (json_extract(data, '$.listid.Id') = ? "
             "OR json_extract(data, '$.entityid.Id') = ?)",
+            (rid, rid),
+        )
+        # Notes and activities belong to their record (a parental relationship): they go with it.
+        conn.execute(
+            "DELETE FROM records WHERE (entity = 'annotation' AND json_extract(data, '$.objectid.Id') = ?) "
+            "OR (entity IN ('task', 'phonecall') AND json_extract(data, '$.regardingobjectid.Id') = ?)",
             (rid, rid),
         )
         if ent.name == "listmember" and data.get("listid"):
