@@ -104,6 +104,8 @@ def load_config(overrides: dict | None = None) -> dict:
         # workflows on the server make large batches slow): 60 s + 0.3 s per record, 6 minutes for 1,000.
         "SYNC_BATCH_BASE_SECONDS": env_float("SYNC_BATCH_BASE_SECONDS", 60.0),
         "SYNC_BATCH_RECORD_SECONDS": env_float("SYNC_BATCH_RECORD_SECONDS", 0.3),
+        # After Server Busy a batch waits this long before it goes again, doubled each round (at most 8 s).
+        "SYNC_BUSY_BACKOFF_SECONDS": env_float("SYNC_BUSY_BACKOFF_SECONDS", 0.25),
         # For measurements only: one look-up and one write per record, as most integrations do (bench/sync.py).
         "SYNC_ONE_REQUEST_PER_RECORD": env_bool("SYNC_ONE_REQUEST_PER_RECORD", False),
         # For measurements only: sync jobs return how many SQL statements they ran.

@@ -229,6 +229,8 @@ class SandboxApp:
         busy = self.injector.hit("busy", faults.busy_ratio, faults.busy_every_nth)
         if busy:
             self.count("fault:busy")
+        if kind == "soap":
+            environ["sandbox.body"] = _read_body(environ)  # read once: what it asks decides some faults
         hang = False
         if not (faults.hang_writes_only and not _is_write(environ)) and not (
                 faults.hang_limit and self.stats.get("fault:hang", 0) >= faults.hang_limit):
@@ -268,7 +270,7 @@ class SandboxApp:
             )
             return "415 Unsupported Media Type", [("Content-Type", "text/plain")], msg.encode()
         action = environ.get("HTTP_SOAPACTION", "").strip().strip('"')
-        body = _read_body(environ)
+        body = environ["sandbox.body"] if "sandbox.body" in environ else _read_body(environ)
         op = ""
         try:
             if not action:
@@ -459,7 +461,11 @@ def _client_gone(sock: socket.socket, wait: float) -> bool:
 
 def _is_write(environ: dict[str, Any]) -> bool:
     action = environ.get("HTTP_SOAPACTION", "").strip().strip('"')
-    return action.endswith(("/Create", "/Update", "/Delete", "/Execute"))
+    if action.endswith(("/Create", "/Update", "/Delete")):
+        return True
+    body = environ.get("sandbox.body") or b""
+    return action.endswith("/Execute") and any(
+        f"RequestName>{name}<".encode() in body for name in ("ExecuteMultiple", "Create", "Update", "SetState"))
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:

@@ -19,7 +19,8 @@ def test_fault_soak_every_lead_and_note_once(app, connected):
     """20% Server Busy, 5% dropped before and 5% after the write, one batch held past its deadline."""
     crm, iid, org = connected["crm"], connected["integration_id"], connected["org_id"]
     crm.reset(seed=False, platform_option=True)
-    app.config.update(SYNC_BATCH_BASE_SECONDS=3.0, SYNC_BATCH_RECORD_SECONDS=0.01, SYNC_PARALLEL_BATCHES=2)
+    app.config.update(SYNC_BATCH_BASE_SECONDS=3.0, SYNC_BATCH_RECORD_SECONDS=0.01, SYNC_PARALLEL_BATCHES=2,
+                      SYNC_BUSY_BACKOFF_SECONDS=0.02)
     configure(app, iid, marketing_automation=True, event_types=["email_click"])
     ids = make_leads(app, org, LEADS, prefix="soak", events=("email_click",))
     # Batches of 200 (a lowered limit), so that the faults meet many batches.
