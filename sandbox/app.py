@@ -235,15 +235,15 @@ class SandboxApp:
         if not (faults.hang_writes_only and not _is_write(environ)) and not (
                 faults.hang_limit and self.stats.get("fault:hang", 0) >= faults.hang_limit):
             hang = self.injector.hit("hang", faults.hang_ratio, faults.hang_every_nth)
-        if hang:
-            self._hang(environ)
         if kind == "soap":
             answer = self.soap(method, environ, user, busy)
-            # A server whose client gave up still finishes the work; only the answer is lost.
             if hang:
+                # The work is done, but the answer is held until the client gives up: it never arrives.
+                self._hang(environ)
                 return "DROP", [], b""
             return answer
         if hang:
+            self._hang(environ)
             return "DROP", [], b""
         if kind == "wsdl":
             if method != "GET":

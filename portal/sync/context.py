@@ -47,7 +47,6 @@ class Context:
         self._pending_links: list[dict] = []
         self.would_create: set[str] = set()  # in a Preview: emails of the people it would have created
         self.rec = Recorder(run, self.commit)
-        self.cut_values = 0  # values cut to the CRM's limits in this run
 
     @property
     def counts(self) -> StepCounts:
@@ -197,7 +196,6 @@ class Context:
         if not too_long:
             return fitted
         if cut:
-            self.cut_values += len(too_long)
             first = too_long[0]
             label = limits.LABELS.get(first.attribute, first.attribute)
             self.note(f"Values too long for the CRM were cut to its limits (first: the {label} of {who}, "

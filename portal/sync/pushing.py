@@ -102,7 +102,7 @@ def _update_requests(ctx: Context, leads: list[Lead], links: dict) -> tuple[list
 def _linked_elsewhere(ctx: Context, crm_ids: set[str]) -> dict[str, int]:
     """CRM id -> the local lead already linked to it, among these CRM ids."""
     out: dict[str, int] = {}
-    ids = sorted(crm_ids)
+    ids = sorted({i for crm_id in crm_ids for i in (crm_id, crm_id.lower())})
     for i in range(0, len(ids), 1000):
         for crm_id, local_id in db.session.execute(select(CrmLink.crm_id, CrmLink.local_id).where(
                 CrmLink.integration_id == ctx.integration.id, CrmLink.local_type == "lead",

@@ -23,9 +23,11 @@ def test_fault_soak_every_lead_and_note_once(app, connected):
                       SYNC_BUSY_BACKOFF_SECONDS=0.02)
     configure(app, iid, marketing_automation=True, event_types=["email_click"])
     ids = make_leads(app, org, LEADS, prefix="soak", events=("email_click",))
-    # Batches of 200 (a lowered limit), so that the faults meet many batches.
-    crm.set_faults(busy_ratio=0.2, drop_ratio=0.05, lose_answer_ratio=0.05, seed=11, max_batch_size=200)
-    # The second write is held unanswered past its deadline (the server writes it all the same, later).
+    # Every 5th request answers Server Busy (20%); every 20th is dropped before it is carried out (5%), and the
+    # answer of every 20th write is lost after it (5%). Batches of 200 (a lowered limit) meet many faults.
+    crm.set_faults(busy_ratio=1.0, every_nth=5, max_batch_size=200)
+    crm.set_faults(drop_ratio=1.0, lose_answer_ratio=1.0, every_nth=20)
+    # The second write is carried out, but its answer is held past the batch's deadline and never comes.
     crm.set_faults(hang_ratio=1.0, every_nth=2, hang_writes_only=True, hang_limit=1)
     started = time.monotonic()
     runs = []
