@@ -1,7 +1,7 @@
 """CRM limits (field lengths, a lowered batch size, cut long values) and one local record per CRM id
 
 Revision ID: b16fc7d64191
-Revises: 436679c33309
+Revises: bfb0591f801d
 Create Date: 2026-11-30 07:34:29.214663
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = 'b16fc7d64191'
-down_revision = '436679c33309'
+down_revision = 'bfb0591f801d'
 branch_labels = None
 depends_on = None
 

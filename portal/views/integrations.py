@@ -36,7 +36,10 @@ def build_forms(integration: CrmIntegration, posted: str | None = None) -> dict:
     general = GeneralForm(formdata=request.form if posted == "general" else None, obj=integration, prefix="general")
     general.supplier_id.choices = choices([(0, "— Choose a supplier —"), *_supplier_choices(integration)])
     if posted != "general":
-        general.supplier_id.data = integration.supplier_id or 0
+        suppliers = _supplier_choices(integration)
+        # A partner of exactly one supplier has nothing to choose: that supplier is preselected.
+        only = suppliers[0][0] if len(suppliers) == 1 else 0
+        general.supplier_id.data = integration.supplier_id or only
     connection = ConnectionForm(formdata=request.form if posted == "connection" else None, obj=integration,
                                 prefix="connection", has_password=integration.has_password)
     records_as_contacts = integration.record_leads_as == "contact"

@@ -22,6 +22,7 @@ from ..extensions import db
 from ..forms import CsrfOnlyForm
 from ..models import CrmIntegration, audit
 from ..platform_models import SyncRun
+from . import DB_INT_MAX, id_arg
 from .htmx import fragment, is_htmx, poll, require_csrf
 
 bp = Blueprint("runs", __name__, url_prefix="/settings/crm")
@@ -39,7 +40,7 @@ def _run_or_404(integration: CrmIntegration, run_id: int) -> SyncRun:
 
 
 def _history_context(integration: CrmIntegration) -> dict:
-    before = request.args.get("before", type=int)
+    before = id_arg("before")
     runs, older = ledger.runs_page(integration.id, before)
     return {"row": integration, "runs": runs, "older": older, "before": before, "csrf_form": CsrfOnlyForm()}
 
@@ -57,8 +58,8 @@ def history(integration_id: int):
     return resp
 
 
-def _start(integration_id: int, *, dry_run: bool):
-    """Sync now or Preview: refuse with a reason, or queue the run; then the list (htmx) or PRG."""
+def _start(integration_id: int, *, dry_run: bool, full: bool = False):
+    """Sync now, Preview or Resync everything: refuse with a reason, or queue the run; then the list or PRG."""
     integration = own_integration(integration_id)
     require_csrf()
     refusal = ledger.start_refusal(integration, "manual")
@@ -67,13 +68,14 @@ def _start(integration_id: int, *, dry_run: bool):
         flash(refusal, "error")
         status = 409
     else:
-        what = "Preview" if dry_run else "Sync now"
-        run = schedule.start_run(integration, "manual", dry_run=dry_run,
+        what = "Preview" if dry_run else "Resync everything" if full else "Sync now"
+        run = schedule.start_run(integration, "manual", dry_run=dry_run, full=full,
                                  trigger=f"{what} · {current_user.email}"[:100])
-        audit(current_user, integration.organization_id, "asked for a preview" if dry_run else "started a sync",
-              [], integration.id)
+        audit(current_user, integration.organization_id, "asked for a preview" if dry_run
+              else "started a full resync" if full else "started a sync", [], integration.id)
         db.session.commit()
         flash(f"Preview #{run.id} queued: it reads the CRM and changes nothing." if dry_run
+              else f"Run #{run.id} queued: it reads every CRM record again." if full
               else f"Run #{run.id} queued.", "success")
     if is_htmx():
         return fragment("runs/_runs.html", status=status, **_history_context(integration))
@@ -85,6 +87,13 @@ def _start(integration_id: int, *, dry_run: bool):
 def sync_now(integration_id: int):
     """Sync now: queue a manual run of the nightly steps."""
     return _start(integration_id, dry_run=False)
+
+
+@bp.route("/<int:integration_id>/runs/resync", methods=["POST"])
+@admin_required
+def resync(integration_id: int):
+    """Resync everything: a manual run that reads every CRM record, not only those changed since the last run."""
+    return _start(integration_id, dry_run=False, full=True)
 
 
 @bp.route("/<int:integration_id>/runs/preview", methods=["POST"])
@@ -136,7 +145,7 @@ def retry(integration_id: int, run_id: int):
     run = _run_or_404(integration, run_id)
     require_csrf()
     one = request.form.get("failure_id", type=int)
-    if request.form.get("failure_id") and one is None:
+    if request.form.get("failure_id") and (one is None or not 1 <= one <= DB_INT_MAX):
         abort(400)
     ids = ledger.pending_failure_ids(run, [one] if one is not None else None)
     refusal = ledger.retry_refusal(run)

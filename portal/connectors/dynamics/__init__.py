@@ -35,7 +35,14 @@ from .soap import (
     like_literal,
 )
 from .transport import ConnectionConfig, Transport
-from .urlguard import check_url, classify_address, is_allowed, normalize_host, parse_allowed_networks
+from .urlguard import (
+    check_url,
+    classify_address,
+    is_allowed,
+    normalize_host,
+    parse_allowed_endpoints,
+    parse_allowed_networks,
+)
 from .xml import Entity, EntityPage, EntityReference, Label, Money, OptionMetadata, OptionSetValue
 
 __all__ = [
@@ -84,6 +91,7 @@ __all__ = [
     "like_literal",
     "normalize_host",
     "odata_literal",
+    "parse_allowed_endpoints",
     "parse_allowed_networks",
     "test_connection",
 ]

@@ -31,7 +31,7 @@ from .errors import (
     TlsError,
     UnreachableError,
 )
-from .urlguard import IPNetwork, check_address, check_url
+from .urlguard import Endpoint, IPNetwork, check_address, check_url
 
 log = logging.getLogger("portal.connectors.dynamics")
 
@@ -61,6 +61,7 @@ class ConnectionConfig:
     batch_record_seconds: float = 0.3
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     allowed_networks: tuple[IPNetwork, ...] = ()
+    allowed_endpoints: tuple[Endpoint, ...] = ()
     user_agent: str = DEFAULT_USER_AGENT
 
     def batch_deadline(self, size: int) -> float:
@@ -174,7 +175,8 @@ class _InUse:
 _IN_USE = _InUse()
 
 
-def _make_pool_classes(allowed: Sequence[IPNetwork]) -> dict[str, type[HTTPConnectionPool]]:
+def _make_pool_classes(allowed: Sequence[IPNetwork],
+                       endpoints: Sequence[Endpoint] = ()) -> dict[str, type[HTTPConnectionPool]]:
     """Pool classes whose connections check the address they actually connected to (DNS rebinding)."""
 
     class _PeerCheckMixin:
@@ -187,7 +189,8 @@ def _make_pool_classes(allowed: Sequence[IPNetwork]) -> dict[str, type[HTTPConne
         def _new_conn(self) -> socket.socket:
             sock = super()._new_conn()  # type: ignore[misc]
             try:
-                check_address(_peer_ip(sock), allowed, self.host)
+                check_address(_peer_ip(sock), allowed, self.host, port=sock.getpeername()[1],
+                              allowed_endpoints=endpoints)
             except BlockedUrlError:
                 sock.close()
                 raise
@@ -211,8 +214,9 @@ def _make_pool_classes(allowed: Sequence[IPNetwork]) -> dict[str, type[HTTPConne
 class GuardedAdapter(HTTPAdapter):
     """An HTTPAdapter whose new connections are refused when the peer address is not public or allowed."""
 
-    def __init__(self, allowed_networks: Sequence[IPNetwork] = (), **kwargs: Any) -> None:
-        self._pool_classes = _make_pool_classes(tuple(allowed_networks))
+    def __init__(self, allowed_networks: Sequence[IPNetwork] = (), allowed_endpoints: Sequence[Endpoint] = (),
+                 **kwargs: Any) -> None:
+        self._pool_classes = _make_pool_classes(tuple(allowed_networks), tuple(allowed_endpoints))
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -277,7 +281,7 @@ class Transport:
         self.session.auth = HttpNtlmAuth(config.ntlm_user, config.password)
         self.session.verify = (config.ca_bundle or True) if config.verify_tls else False
         self.session.headers.update({"User-Agent": config.user_agent, "Connection": "Keep-Alive"})
-        adapter = GuardedAdapter(config.allowed_networks, max_retries=0)
+        adapter = GuardedAdapter(config.allowed_networks, config.allowed_endpoints, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -305,7 +309,7 @@ class Transport:
         The whole exchange ends within `deadline` seconds (default: the config's total_timeout), also when the
         server answers one byte at a time: a watchdog then cuts the connection.
         """
-        check_url(url, self.config.allowed_networks)
+        check_url(url, self.config.allowed_networks, self.config.allowed_endpoints)
         started = time.monotonic()
         budget = self.config.total_timeout if deadline is None else deadline
         if self.until is not None:
