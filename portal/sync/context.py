@@ -7,6 +7,7 @@ Every write of a run, to the CRM or to the portal's data, goes through here; a P
 from __future__ import annotations
 
 import logging
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -60,6 +61,7 @@ class Context:
         self._pending_links: list[dict] = []
         self.would_create: set[str] = set()  # in a Preview: emails of the people it would have created
         self.rec = Recorder(run, self.commit)
+        self._thread = threading.get_ident()
         self._watermarks: Watermarks | None = None
 
     @property
@@ -78,6 +80,7 @@ class Context:
 
     def commit(self) -> None:
         """Write buffered links in one statement, then commit (the ledger's rows always; data only when writing)."""
+        self.learn_from_crm()
         if self._pending_links:
             db.session.execute(insert(CrmLink), self._pending_links)
             self._pending_links = []
@@ -140,13 +143,18 @@ class Context:
             self.learn_from_crm()
 
     def learn_from_crm(self) -> None:
-        """Keep what the CRM told the connector (a lowered batch limit) and say in the run's log what changed."""
+        """Keep what the CRM told the connector (a lowered batch limit) and say in the run's log what changed.
+
+        Only the run's own thread touches its rows (notes are sent from a helper thread): the next commit
+        stores what is learned.
+        """
+        if threading.get_ident() != self._thread:
+            return
         for note in self.gateway.new_notes():
             self.note(note)
         limit = self.gateway.server_batch_limit
         if limit and limit != self.integration.batch_size_limit:
             self.integration.batch_size_limit = limit
-            self.commit()
 
     def note(self, text: str) -> None:
         """Add a sentence to the current step's note in the run's log (once)."""
