@@ -20,7 +20,10 @@ def empty_app(request, tmp_path, instance_dir):
     """An app on a brand-new, empty database."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'empty.sqlite3'}"
-        yield create_app(base_overrides(url, "redis://unused", instance_dir))
+        app = create_app(base_overrides(url, "redis://unused", instance_dir))
+        yield app
+        with app.app_context():
+            db.engine.dispose()  # Python 3.13 warns about a connection left open
         return
     admin = request.getfixturevalue("pg_admin_url")
     url = services.create_database(admin)
