@@ -53,6 +53,8 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
     data["user_name"] = user
     db.session.refresh(integration)
     was_on = integration.enabled
+    if result.max_lengths:
+        integration.max_lengths = result.max_lengths  # customized CRMs differ: records are checked against these
     if result.ok:
         message = f"Connected as {user or result.user_id}, CRM version {result.version}."
     else:

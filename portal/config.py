@@ -31,6 +31,20 @@ def env_int(name: str, default: int) -> int:
         raise RuntimeError(f"{name} must be a whole number, not {raw!r}") from exc
 
 
+def env_float(name: str, default: float) -> float:
+    """Return an environment variable as a number of seconds (decimals allowed), refusing garbage."""
+    raw = env_str(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise RuntimeError(f"{name} must be a number, not {raw!r}") from exc
+    if value < 0 or value != value or value == float("inf"):
+        raise RuntimeError(f"{name} must be a positive number, not {raw!r}")
+    return value
+
+
 def env_bool(name: str, default: bool) -> bool:
     """Return an environment variable as a boolean (1/true/yes/on)."""
     raw = env_str(name).lower()
@@ -87,6 +101,12 @@ def load_config(overrides: dict | None = None) -> dict:
         "MAX_CONTENT_LENGTH": env_int("MAX_CONTENT_LENGTH", 5 * 1024 * 1024),
         "SYNC_PARALLEL_BATCHES": env_int("SYNC_PARALLEL_BATCHES", 2),
         "SYNC_LOCK_SECONDS": env_int("SYNC_LOCK_SECONDS", 90),
+        # A batch of n records may take SYNC_BATCH_BASE_SECONDS + n * SYNC_BATCH_RECORD_SECONDS (plug-ins and
+        # workflows on the server make large batches slow): 60 s + 0.3 s per record, 6 minutes for 1,000.
+        "SYNC_BATCH_BASE_SECONDS": env_float("SYNC_BATCH_BASE_SECONDS", 60.0),
+        "SYNC_BATCH_RECORD_SECONDS": env_float("SYNC_BATCH_RECORD_SECONDS", 0.3),
+        # After Server Busy a batch waits this long before it goes again, doubled each round (at most 8 s).
+        "SYNC_BUSY_BACKOFF_SECONDS": env_float("SYNC_BUSY_BACKOFF_SECONDS", 0.25),
         # For measurements only: one look-up and one write per record, as most integrations do (bench/sync.py).
         "SYNC_ONE_REQUEST_PER_RECORD": env_bool("SYNC_ONE_REQUEST_PER_RECORD", False),
         # For measurements only: sync jobs return how many SQL statements they ran.

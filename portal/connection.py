@@ -22,6 +22,8 @@ def connector_config(*, org_url: str, odata_url: str, username: str, password: s
         ca_bundle=ca_bundle,
         allowed_networks=_allowed_networks(),
         allowed_endpoints=_allowed_endpoints(),
+        batch_base_seconds=float(current_app.config.get("SYNC_BATCH_BASE_SECONDS", 60.0)),
+        batch_record_seconds=float(current_app.config.get("SYNC_BATCH_RECORD_SECONDS", 0.3)),
     )
 
 

@@ -209,6 +209,7 @@ class AdvancedForm(PortalForm):
     create_campaigns = BooleanField("Create Campaigns in CRM")
     # Not required: with campaigns off the field is not shown and the saved level is kept for later.
     campaign_data_level = RadioField("Campaign Send Data Level", choices=choices(catalog.CAMPAIGN_DATA_LEVELS))
+    cut_long_values = BooleanField("Cut values too long for the CRM")
 
 
 # --- API tokens and leads --------------------------------------------------------------------------------------

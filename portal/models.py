@@ -238,6 +238,9 @@ class CrmIntegration(db.Model):
     event_types_json: Mapped[str] = mapped_column(Text, default=lambda: json.dumps(catalog.DEFAULT_EVENT_TYPES))
     create_campaigns: Mapped[bool] = mapped_column(Boolean, default=False)
     campaign_data_level: Mapped[str] = mapped_column(String(20), default="basic")
+    # A value longer than the CRM accepts is cut to the CRM's limit (with a note in the run's log) instead of
+    # failing its record.
+    cut_long_values: Mapped[bool] = mapped_column(Boolean, default=False)
 
     # Health: the last connection test, the banner and the authentication-failure count (L2, L3)
     last_test_ok: Mapped[bool | None] = mapped_column(Boolean)
@@ -251,6 +254,10 @@ class CrmIntegration(db.Model):
     auth_failures: Mapped[int] = mapped_column(Integer, default=0)
     auth_failure_limit: Mapped[int] = mapped_column(Integer, default=3)
     lead_source_value: Mapped[int | None] = mapped_column(Integer)
+    # What the CRM told us about itself: the MaxLength of the text attributes the sync writes (read by the
+    # connection test, as JSON {entity: {attribute: length}}) and a batch limit lowered by its administrator.
+    max_lengths_json: Mapped[str] = mapped_column(Text, default="")
+    batch_size_limit: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     organization: Mapped[Organization] = relationship(foreign_keys=[organization_id])
@@ -272,6 +279,20 @@ class CrmIntegration(db.Model):
     @event_types.setter
     def event_types(self, keys: list[str]) -> None:
         self.event_types_json = json.dumps([k for k in catalog.EVENT_TYPE_KEYS if k in set(keys)])
+
+    @property
+    def max_lengths(self) -> dict[str, dict[str, int]]:
+        """MaxLength of the CRM's text attributes the sync writes, by entity and attribute, as last read."""
+        try:
+            data = json.loads(self.max_lengths_json or "{}")
+        except ValueError:
+            return {}
+        return {str(e): {str(a): int(n) for a, n in attrs.items()} for e, attrs in data.items()
+                if isinstance(attrs, dict)} if isinstance(data, dict) else {}
+
+    @max_lengths.setter
+    def max_lengths(self, value: dict[str, dict[str, int]]) -> None:
+        self.max_lengths_json = json.dumps(value, sort_keys=True) if value else ""
 
     @property
     def has_password(self) -> bool:

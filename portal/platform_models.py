@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -219,6 +220,9 @@ class CrmLink(db.Model):
     __table_args__ = (
         UniqueConstraint("integration_id", "local_type", "local_id", name="uq_crm_links_local"),
         Index("ix_crm_links_crm", "integration_id", "entity", "crm_id"),
+        # The CRM id is the identity: one local record per CRM record (in-flight notes wait with an empty id).
+        Index("uq_crm_links_crm_id", "integration_id", "entity", "crm_id", unique=True,
+              sqlite_where=text("crm_id <> ''"), postgresql_where=text("crm_id <> ''")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import select
 import socket
 import threading
 import time
+import weakref
 from collections import Counter
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -22,7 +24,7 @@ from .organization import Organization
 from .query import Query
 from .soap import envelope, esc, fault_envelope
 from .store import Store
-from .values import E_SERVER_BUSY, CrmFault
+from .values import E_BAD_AUTH_TICKET, E_SERVER_BUSY, CrmFault
 
 ACTION_PREFIX = "http://schemas.microsoft.com/xrm/2011/Contracts/Services/IOrganizationService/"
 NOT_FOUND_HTML = (
@@ -96,6 +98,9 @@ class SandboxApp:
         self.injector = Injector()
         self.stats: Counter[str] = Counter()
         self.stats_lock = threading.Lock()
+        # Authenticated answers given on each open connection (waitress channel), to tell a kept-alive one.
+        self.served: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self.organization.injector = self.injector
         if seed:
             from .seed import seed as run_seed
 
@@ -108,22 +113,59 @@ class SandboxApp:
     def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
         """WSGI entry point."""
         status, headers, body = self.dispatch(environ)
+        if status != "DROP" and self._drips(environ):
+            self._drip(environ, status, headers, body)
+            status = "DROP"
         if status == "DROP":
             self._drop(environ)
             start_response("500 Internal Server Error", [("Content-Length", "0"), ("Connection", "close")])
             return [b""]
         headers.append(("Content-Length", str(len(body))))
         start_response(status, headers)
+        channel = _channel(environ)
+        if channel is not None and environ.get("sandbox.user"):
+            self.served[channel] = self.served.get(channel, 0) + 1
         return [body]
 
     @staticmethod
     def _drop(environ: dict[str, Any]) -> None:
         """Close the client's socket without an answer (waitress channel reached via its bound method)."""
-        channel = getattr(environ.get("waitress.client_disconnected"), "__self__", None)
-        sock = getattr(channel, "socket", None)
+        sock = getattr(_channel(environ), "socket", None)
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def _drips(self, environ: dict[str, Any]) -> bool:
+        return bool(self.crm.faults.drip_ms and environ.get("sandbox.user"))
+
+    def _drip(self, environ: dict[str, Any], status: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        """Send the whole answer one byte at a time, straight to the socket, until done or the client leaves."""
+        sock = getattr(_channel(environ), "socket", None)
+        if sock is None:
+            return
+        head = f"HTTP/1.1 {status}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+        data = (head + f"Content-Length: {len(body)}\r\nServer: Microsoft-IIS/8.5\r\n\r\n").encode() + body
+        pause = self.crm.faults.drip_ms / 1000
+        self.count("fault:drip")
+        for i in range(len(data)):
+            try:
+                sock.sendall(data[i:i + 1])
+            except OSError:
+                return
+            if _client_gone(sock, pause):
+                return
+
+    def _hang(self, environ: dict[str, Any]) -> None:
+        """Hold the request without an answer until the client gives up (or hang_seconds pass)."""
+        self.count("fault:hang")
+        sock = getattr(_channel(environ), "socket", None)
+        limit = self.crm.faults.hang_seconds or 600.0
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if sock is None:
+                time.sleep(min(0.1, deadline - time.monotonic()))
+            elif _client_gone(sock, min(0.1, max(0.0, deadline - time.monotonic()))):
+                return
 
     def count(self, key: str) -> None:
         """Increment a statistics counter."""
@@ -167,6 +209,17 @@ class SandboxApp:
         if auth.handshake_done:
             self.count("ntlm:handshakes")
         user = self.crm.user_for(auth.principal)
+        environ["sandbox.user"] = user.id
+        channel = _channel(environ)
+        if (channel is not None and self.served.get(channel)
+                and self.injector.hit("stale", faults.stale_connection_ratio, faults.stale_connection_every_nth)):
+            # IIS closed this kept-alive connection just as the client sent its next request on it.
+            self.count("fault:stale_connection")
+            return "DROP", [], b""
+        if faults.bad_auth_ticket:
+            self.count("fault:bad_auth_ticket")
+            fault = CrmFault(E_BAD_AUTH_TICKET, "The ticket specified for authentication is invalid.")
+            return "500 Internal Server Error", [("Content-Type", "text/xml; charset=utf-8")], fault_envelope(fault)
         if self.injector.hit("drop", faults.drop_ratio, faults.drop_every_nth):
             self.count("fault:drop")
             return "DROP", [], b""
@@ -177,7 +230,21 @@ class SandboxApp:
         if busy:
             self.count("fault:busy")
         if kind == "soap":
-            return self.soap(method, environ, user, busy)
+            environ["sandbox.body"] = _read_body(environ)  # read once: what it asks decides some faults
+        hang = False
+        if not (faults.hang_writes_only and not _is_write(environ)) and not (
+                faults.hang_limit and self.stats.get("fault:hang", 0) >= faults.hang_limit):
+            hang = self.injector.hit("hang", faults.hang_ratio, faults.hang_every_nth)
+        if kind == "soap":
+            answer = self.soap(method, environ, user, busy)
+            if hang:
+                # The work is done, but the answer is held until the client gives up: it never arrives.
+                self._hang(environ)
+                return "DROP", [], b""
+            return answer
+        if hang:
+            self._hang(environ)
+            return "DROP", [], b""
         if kind == "wsdl":
             if method != "GET":
                 return _html(405, b"Method not allowed")
@@ -203,7 +270,7 @@ class SandboxApp:
             )
             return "415 Unsupported Media Type", [("Content-Type", "text/plain")], msg.encode()
         action = environ.get("HTTP_SOAPACTION", "").strip().strip('"')
-        body = _read_body(environ)
+        body = environ["sandbox.body"] if "sandbox.body" in environ else _read_body(environ)
         op = ""
         try:
             if not action:
@@ -215,6 +282,12 @@ class SandboxApp:
                 raise CrmFault(E_SERVER_BUSY, "Server Busy")
             label, answer = self.organization.handle(op, body, user)
             self.count(f"op:{label}")
+            faults = self.crm.faults
+            if label in WRITES and self.injector.hit("lose_answer", faults.lose_answer_ratio,
+                                                     faults.lose_answer_every_nth):
+                # Written, but the answer never reaches the client (a connection dropped after the write).
+                self.count("fault:lose_answer")
+                return "DROP", [], b""
             return "200 OK", [("Content-Type", "text/xml; charset=utf-8")], envelope(answer)
         except CrmFault as fault:
             self.count(f"fault:{op or 'unknown'}:{fault.code}")
@@ -354,7 +427,7 @@ class SandboxApp:
         # A shared every_nth applies to whichever ratio-style faults were named in the same call.
         nth = values.pop("every_nth", None)
         if nth:
-            for name in ("busy", "http500", "drop"):
+            for name in ("busy", "http500", "drop", "lose_answer", "item_fault", "stale_connection", "hang"):
                 if payload.get(f"{name}_ratio"):
                     values[f"{name}_every_nth"] = int(nth)
         missing = values.get("missing_privilege") or []
@@ -364,6 +437,35 @@ class SandboxApp:
         self.ntlm.rejected_principals = {user.lower()} if user else set()
         self.injector.reset(self.crm.faults.seed)
         return asdict(self.crm.faults)
+
+
+WRITES = {"Create", "Update", "Delete", "Execute:ExecuteMultiple", "Execute:SetState", "Execute:Create",
+          "Execute:Update"}
+
+
+def _channel(environ: dict[str, Any]) -> Any:
+    """Waitress's channel (one per TCP connection), reached through a bound method it puts in the environ."""
+    return getattr(environ.get("waitress.client_disconnected"), "__self__", None)
+
+
+def _client_gone(sock: socket.socket, wait: float) -> bool:
+    """Wait up to `wait` seconds for the client to close its side; True once it has (or the socket broke)."""
+    try:
+        readable, _, _ = select.select([sock], [], [], wait)
+        if not readable:
+            return False
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
+def _is_write(environ: dict[str, Any]) -> bool:
+    action = environ.get("HTTP_SOAPACTION", "").strip().strip('"')
+    if action.endswith(("/Create", "/Update", "/Delete")):
+        return True
+    body = environ.get("sandbox.body") or b""
+    return action.endswith("/Execute") and any(
+        f"RequestName>{name}<".encode() in body for name in ("ExecuteMultiple", "Create", "Update", "SetState"))
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:

@@ -45,6 +45,22 @@ class FaultSettings:
     claims_mode: bool = False
     missing_privilege: list[str] = field(default_factory=list)
     max_concurrent_executemultiple: int = 0
+    # The behaviours of a real server on a bad day (README, "Real-server behaviours").
+    lose_answer_ratio: float = 0.0
+    lose_answer_every_nth: int = 0
+    bad_auth_ticket: bool = False
+    max_batch_size: int = 0
+    item_fault_ratio: float = 0.0
+    item_fault_every_nth: int = 0
+    item_fault_kind: str = "sql_timeout"
+    stale_connection_ratio: float = 0.0
+    stale_connection_every_nth: int = 0
+    drip_ms: int = 0
+    hang_ratio: float = 0.0
+    hang_every_nth: int = 0
+    hang_seconds: float = 0.0
+    hang_writes_only: bool = False
+    hang_limit: int = 0  # at most this many requests are held (0: no limit)
     seed: int | None = None
 
 
@@ -241,6 +257,7 @@ class Crm:
         if explicit is not None:
             rid = norm_guid(str(explicit))
         rid = rid or str(uuid.uuid4())
+        check_lengths(ent, attrs)
         data = {k: to_stored(ent, k, v, custom) for k, v in attrs.items()}
         self._resolve_lookups(ent, data, dict(data))
         state = to_stored(ent, "statecode", state_val, custom) if state_val is not None else 0
@@ -301,6 +318,7 @@ class Crm:
         custom = self.custom_options(ent.name, "leadsourcecode") if ent.name == "lead" else {}
         state_val = attrs.pop("statecode", None)
         status_val = attrs.pop("statuscode", None)
+        check_lengths(ent, attrs)
         changed = {k: to_stored(ent, k, v, custom) for k, v in attrs.items()}
         self._resolve_lookups(ent, data, changed)
         for key, value in changed.items():
@@ -316,7 +334,7 @@ class Crm:
         self.store.replace(stored_entity, rid, data)
 
     def delete(self, entity: str, rid: str, user: User | None) -> None:
-        """Delete a record (and list memberships that point at it)."""
+        """Delete a record (and list memberships, notes and activities that point at it)."""
         ent = self.entity_def(entity)
         self.check_privilege("Delete", ent, user)
         stored_entity, data = self.load(ent.name, rid)
@@ -326,6 +344,12 @@ class Crm:
         conn.execute(
             "DELETE FROM records WHERE entity = 'listmember' AND (json_extract(data, '$.listid.Id') = ? "
             "OR json_extract(data, '$.entityid.Id') = ?)",
+            (rid, rid),
+        )
+        # Notes and activities belong to their record (a parental relationship): they go with it.
+        conn.execute(
+            "DELETE FROM records WHERE (entity = 'annotation' AND json_extract(data, '$.objectid.Id') = ?) "
+            "OR (entity IN ('task', 'phonecall') AND json_extract(data, '$.regardingobjectid.Id') = ?)",
             (rid, rid),
         )
         if ent.name == "listmember" and data.get("listid"):
@@ -472,6 +496,18 @@ class Crm:
             for lid in {d["listid"]["Id"] for _, d in out if d.get("listid")}:
                 self._recount(lid)
         return [rid for rid, _ in out]
+
+
+def check_lengths(ent: s.EntityDef, attrs: dict[str, Any]) -> None:
+    """Refuse a text longer than its attribute's MaxLength, in the words of the server's validation error."""
+    for name, value in attrs.items():
+        limit = s.max_length(ent.name, name)
+        if isinstance(value, str) and limit is not None and len(value) > limit:
+            raise CrmFault(
+                E_INVALID_ARGUMENT,
+                f"A validation error occurred. The length of the '{name}' attribute of the '{ent.name}' entity "
+                f"exceeded the maximum allowed length of '{limit}'.",
+            )
 
 
 def option_value(value: Any) -> int:

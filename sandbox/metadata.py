@@ -85,3 +85,39 @@ def picklist_metadata(entity: s.EntityDef, attribute: str, options: dict[int, st
         "<d:IntroducedVersion>5.0.0.0</d:IntroducedVersion>"
         f"<d:Options>{opts}</d:Options></d:OptionSet></c:value>"
     )
+
+
+def _string_attribute(entity: s.EntityDef, attribute: str, kind: str, max_length: int) -> str:
+    memo = kind == s.MEMO
+    type_name = "MemoAttributeMetadata" if memo else "StringAttributeMetadata"
+    attr_id = uuid.uuid5(_NS, f"{entity.name}.{attribute}")
+    return (
+        f'<d:AttributeMetadata i:type="d:{type_name}"><d:MetadataId>{attr_id}</d:MetadataId>'
+        '<d:HasChanged i:nil="true"/><d:AttributeOf i:nil="true"/>'
+        f"<d:AttributeType>{'Memo' if memo else 'String'}</d:AttributeType>"
+        f"<d:EntityLogicalName>{esc(entity.name)}</d:EntityLogicalName>"
+        "<d:IsCustomAttribute>false</d:IsCustomAttribute>"
+        f"<d:LogicalName>{esc(attribute)}</d:LogicalName>"
+        f"<d:SchemaName>{esc(s.schema_name(attribute))}</d:SchemaName>"
+        f'<d:AttributeTypeName xmlns:e="{MD13}"><e:Value>{"MemoType" if memo else "StringType"}</e:Value>'
+        "</d:AttributeTypeName><d:IntroducedVersion>5.0.0.0</d:IntroducedVersion>"
+        f"<d:Format>{'TextArea' if memo else 'Text'}</d:Format><d:ImeMode>Auto</d:ImeMode>"
+        f"<d:MaxLength>{max_length}</d:MaxLength></d:AttributeMetadata>"
+    )
+
+
+def entity_metadata(entity: s.EntityDef) -> str:
+    """A kv:value element holding md:EntityMetadata with its text attributes (RetrieveEntity, filter Attributes)."""
+    attrs = "".join(
+        _string_attribute(entity, name, kind, s.max_length(entity.name, name) or (2000 if kind == s.MEMO else 4000))
+        for name, kind in sorted(entity.attributes.items())
+        if kind in (s.STRING, s.MEMO)
+    )
+    return (
+        f'<c:value i:type="d:EntityMetadata" xmlns:d="{MD}">'
+        f'<d:MetadataId>{uuid.uuid5(_NS, entity.name)}</d:MetadataId><d:HasChanged i:nil="true"/>'
+        f"<d:ActivityTypeMask>0</d:ActivityTypeMask><d:Attributes>{attrs}</d:Attributes>"
+        f"<d:LogicalName>{esc(entity.name)}</d:LogicalName>"
+        f"<d:ObjectTypeCode>{entity.object_type_code}</d:ObjectTypeCode>"
+        f"<d:SchemaName>{esc(entity.schema_name)}</d:SchemaName></c:value>"
+    )

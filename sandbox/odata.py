@@ -12,6 +12,7 @@ from lxml import etree
 
 from . import schema as s
 from .crm import Crm, User
+from .like import escape_like
 from .query import Condition, Filter, Query, Result, cookie_last_id, parse_fetch, parse_xml
 from .values import E_INVALID_ARGUMENT, E_MISSING_PRIVILEGE, E_NOT_FOUND, CrmFault, norm_guid
 
@@ -130,7 +131,8 @@ class _FilterParser:
             else:
                 prop, lit = a[1], b[1]
             op = {"startswith": "begins-with", "endswith": "ends-with"}.get(value, "like")
-            pattern = f"%{lit}%" if op == "like" else lit
+            # OData string functions match their literal exactly: the server escapes it for LIKE.
+            pattern = f"%{escape_like(lit)}%" if op == "like" else escape_like(lit)
             return Filter("and", [Condition(self.attr(prop), op, [pattern])])
         op_tok = self.take()
         op = _OPS.get(op_tok[1])

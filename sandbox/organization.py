@@ -9,7 +9,7 @@ from lxml import etree
 
 from . import schema as s
 from .crm import Crm, User, option_value
-from .metadata import picklist_metadata
+from .metadata import entity_metadata, picklist_metadata
 from .query import Result, parse_fetch, parse_xml
 from .soap import (
     CRM,
@@ -33,7 +33,15 @@ from .soap import (
     text,
     xi_type,
 )
-from .values import E_BATCH_SIZE, E_INVALID_ARGUMENT, E_SERVER_BUSY, E_UNKNOWN_MESSAGE, CrmFault, EntityIn
+from .values import (
+    E_BATCH_SIZE,
+    E_INVALID_ARGUMENT,
+    E_SERVER_BUSY,
+    E_UNKNOWN_MESSAGE,
+    TRANSIENT_ITEM_FAULTS,
+    CrmFault,
+    EntityIn,
+)
 
 VERSION = "8.2.2.112"
 MAX_BATCH = 1000
@@ -60,6 +68,7 @@ class Organization:
     def __init__(self, crm: Crm) -> None:
         """Bind to the organization's data."""
         self.crm = crm
+        self.injector: Any = None  # the app's fault injector (transient per-item faults)
 
     # ------------------------------------------------------------ entry
 
@@ -278,6 +287,15 @@ class Organization:
         self.crm.set_state(ref, option_value(params.get("State")), option_value(params.get("Status")), user)
         return []
 
+    def msg_RetrieveEntity(self, params: dict[str, Any], user: User) -> list[tuple[str, str]]:  # noqa: N802
+        """RetrieveEntityRequest with EntityFilters Attributes: the entity's text attributes and their MaxLength."""
+        entity = str(params.get("LogicalName") or "")
+        ent = self.crm.entity_def(entity)
+        filters = str(params.get("EntityFilters") or "Entity")
+        if "Attributes" not in filters and "All" not in filters:
+            raise CrmFault(E_INVALID_ARGUMENT, "The sandbox describes entities with EntityFilters Attributes only.")
+        return [("EntityMetadata", entity_metadata(ent))]
+
     def msg_RetrieveAttribute(self, params: dict[str, Any], user: User) -> list[tuple[str, str]]:  # noqa: N802
         """RetrieveAttributeRequest: picklists only (the connector needs lead.leadsourcecode)."""
         entity = str(params.get("EntityLogicalName") or "")
@@ -365,12 +383,14 @@ class Organization:
         """ExecuteMultipleRequest: per-item faults, ContinueOnError, ReturnResponses, batch limit, throttle."""
         requests = params.get("Requests") or []
         settings = params.get("Settings") or {"ContinueOnError": False, "ReturnResponses": False}
-        if len(requests) > MAX_BATCH:
+        # On-premises administrators can lower the limit; the fault names it in ErrorDetails, as the real one does.
+        limit_size = min(MAX_BATCH, self.crm.faults.max_batch_size or MAX_BATCH)
+        if len(requests) > limit_size:
             raise CrmFault(
                 E_BATCH_SIZE,
                 f"The request collection contains {len(requests)} requests, which exceeds the maximum "
-                f"batch size of {MAX_BATCH}.",
-                {"MaxBatchSize": MAX_BATCH},
+                f"batch size of {limit_size}.",
+                {"MaxBatchSize": limit_size},
             )
         limit = self.crm.faults.max_concurrent_executemultiple
         with self.crm.em_lock:
@@ -401,7 +421,12 @@ class Organization:
         for index, req in enumerate(requests):
             if pause:
                 time.sleep(pause)
+            faults = self.crm.faults
             try:
+                if self.injector is not None and self.injector.hit("item_fault", faults.item_fault_ratio,
+                                                                   faults.item_fault_every_nth):
+                    code, text_ = TRANSIENT_ITEM_FAULTS.get(faults.item_fault_kind, TRANSIENT_ITEM_FAULTS["generic"])
+                    raise CrmFault(code, text_)
                 # Outside a batch transaction (simulated processing time) each item opens its own with
                 # BEGIN IMMEDIATE, so parallel batches wait for the write lock instead of failing on it.
                 with store.transaction(), store.savepoint():

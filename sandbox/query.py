@@ -260,14 +260,16 @@ class _SqlBuilder:
             raise CrmFault(E_INVALID_ARGUMENT, f"Condition operator '{op}' needs a value.")
         raw = cond.values[0]
         if op in ("like", "not-like", "begins-with", "ends-with", "not-begin-with", "not-end-with"):
-            pattern = str(raw).lower()
+            # The server turns these into SQL Server LIKE without escaping the value: %, _ and [ keep their
+            # meaning in begins-with and ends-with too (the sandbox's choice; see README).
+            pattern = str(raw)
             if op in ("begins-with", "not-begin-with"):
                 pattern += "%"
             elif op in ("ends-with", "not-end-with"):
                 pattern = "%" + pattern
             self.params.append(pattern)
             negate = "NOT " if op.startswith("not") else ""
-            return f"{negate}(lower({col}) LIKE ?)"
+            return f"{negate}(crm_like({col}, ?) = 1)"
         if op in ("on-or-after", "on-or-before", "on"):
             day = self.value(s.DATETIME, raw)[:10]
             self.params.append(day)

@@ -519,3 +519,26 @@ def option_label(entity: EntityDef, attribute: str, value: int, extra: dict[int,
     if extra:
         labels.update(extra)
     return labels.get(value)
+
+
+_PERSON_LENGTHS = {
+    "firstname": 50, "lastname": 50, "fullname": 160, "jobtitle": 100, "emailaddress1": 100, "emailaddress2": 100,
+    "emailaddress3": 100, "telephone1": 50, "telephone2": 50, "websiteurl": 200, "address1_line1": 250,
+    "address1_line2": 250, "address1_line3": 250, "address1_city": 80, "address1_stateorprovince": 50,
+    "address1_postalcode": 20, "address1_country": 80, "description": 2000,
+}
+# MaxLength of text attributes as an out-of-the-box organization has them (customized ones differ); the server
+# refuses a longer value. Text attributes not listed here are not limited by the sandbox.
+MAX_LENGTHS: dict[str, dict[str, int]] = {
+    "lead": {**_PERSON_LENGTHS, "subject": 300, "companyname": 100, "mobilephone": 20},
+    "contact": {**_PERSON_LENGTHS, "mobilephone": 50},
+    "annotation": {"subject": 500, "notetext": 100000},
+    "campaign": {"name": 128, "codename": 32, "promotioncodename": 128},
+    "task": {"subject": 200},
+    "phonecall": {"subject": 200},
+}
+
+
+def max_length(entity: str, attribute: str) -> int | None:
+    """The MaxLength of a text attribute, or None when the sandbox does not limit it."""
+    return MAX_LENGTHS.get(entity, {}).get(attribute)

@@ -147,6 +147,8 @@ def parse_value(el: etree._Element) -> Any:
             return parse_label(el)
         if name == "OptionSetValueCollection":
             return [int(text(child(o, "Value")) or 0) for o in children(el)]
+    if ns == MD and name == "EntityFilters":
+        return raw.strip()
     if ns == EM:
         if name == "OrganizationRequestCollection":
             return list(children(el))

@@ -10,6 +10,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from .like import sql_server_like
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
     entity TEXT NOT NULL,
@@ -57,6 +59,8 @@ class Store:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
+            # FetchXML `like` follows SQL Server's LIKE ([sets], ranges), which SQLite's LIKE does not know.
+            conn.create_function("crm_like", 2, sql_server_like, deterministic=True)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)

@@ -17,8 +17,23 @@ E_DUPLICATE = -2147220937
 E_INVALID_OPTION = -2147204326
 E_NO_ATTRIBUTE = -2147217149
 E_INVALID_ARGUMENT = -2147220989
-# Chosen for "Server Busy" (0x80044102 region); clients should key on the message/HTTP 500, see README.
-E_SERVER_BUSY = -2147180286
+# The throttle's ErrorCode is not documented: the sandbox uses the generic .NET exception HRESULT (0x80131500)
+# with the documented message "Server Busy". Clients must recognise it by the message (see README).
+E_SERVER_BUSY = -2146233088
+# BadAuthTicket (0x8004A102): an authentication fault, documented in Microsoft's web service error codes.
+E_BAD_AUTH_TICKET = -2147180286
+# Transient per-item faults. Their codes are the sandbox's choice (not documented); the messages are SQL
+# Server's own (a command timeout, deadlock victim 1205) and the CRM's generic "try again later".
+E_SQL_TIMEOUT = -2147204783
+E_SQL_DEADLOCK = -2147204782
+E_TRY_AGAIN = -2147204780
+TRANSIENT_ITEM_FAULTS = {
+    "sql_timeout": (E_SQL_TIMEOUT, "Timeout expired. The timeout period elapsed prior to completion of the "
+                                   "operation or the server is not responding."),
+    "deadlock": (E_SQL_DEADLOCK, "Transaction (Process ID 61) was deadlocked on lock resources with another "
+                                 "process and has been chosen as the deadlock victim. Rerun the transaction."),
+    "generic": (E_TRY_AGAIN, "The server was unable to process the request. Please try again later."),
+}
 # ExecuteMultiple over the batch limit: invalid argument plus ErrorDetails MaxBatchSize.
 E_BATCH_SIZE = -2147220989
 E_UNKNOWN_MESSAGE = -2147220970

@@ -6,21 +6,27 @@ Every write of a run, to the CRM or to the portal's data, goes through here; a P
 
 from __future__ import annotations
 
+import logging
+import threading
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from flask import current_app
 from sqlalchemy import insert, select
 
+from ..connectors.dynamics import DynamicsError
 from ..connectors.dynamics.soap import BatchItemResult
 from ..extensions import db
 from ..models import CrmIntegration, utcnow
 from ..platform_models import CrmLink, Lead, SyncRun
+from . import limits
 from .gateway import CrmGateway
 from .recorder import DB_CHUNK, Recorder, StepCounts
 from .watermarks import Watermarks
 
 BATCH = 1000  # requests per ExecuteMultiple batch
+log = logging.getLogger(__name__)
 
 
 def chunked(values: Sequence, size: int) -> Iterator[list]:
@@ -55,6 +61,7 @@ class Context:
         self._pending_links: list[dict] = []
         self.would_create: set[str] = set()  # in a Preview: emails of the people it would have created
         self.rec = Recorder(run, self.commit)
+        self._thread = threading.get_ident()
         self._watermarks: Watermarks | None = None
 
     @property
@@ -73,6 +80,7 @@ class Context:
 
     def commit(self) -> None:
         """Write buffered links in one statement, then commit (the ledger's rows always; data only when writing)."""
+        self.learn_from_crm()
         if self._pending_links:
             db.session.execute(insert(CrmLink), self._pending_links)
             self._pending_links = []
@@ -129,15 +137,39 @@ class Context:
             return []
         if not self.writes:
             return [BatchItemResult(i, True, None) for i in range(len(requests))]
-        return self.gateway.write(requests)
+        try:
+            return self.gateway.write(requests)
+        finally:
+            self.learn_from_crm()
+
+    def learn_from_crm(self) -> None:
+        """Keep what the CRM told the connector (a lowered batch limit) and say in the run's log what changed.
+
+        Only the run's own thread touches its rows (notes are sent from a helper thread): the next commit
+        stores what is learned.
+        """
+        if threading.get_ident() != self._thread:
+            return
+        for note in self.gateway.new_notes():
+            self.note(note)
+        limit = self.gateway.server_batch_limit
+        if limit and limit != self.integration.batch_size_limit:
+            self.integration.batch_size_limit = limit
+
+    def note(self, text: str) -> None:
+        """Add a sentence to the current step's note in the run's log (once)."""
+        c = self.counts
+        if c is not None and text not in c.note:
+            c.note = f"{c.note} {text}".strip()
 
     def write_then_link(self, requests: Sequence, local_ids: Sequence[int], *, local_type: str, operation: str,
                         link_as: str | None = None, on_ok: Callable[[int, BatchItemResult], None] | None = None,
-                        failure_type: str | None = None) -> list[int]:
+                        failure_type: str | None = None,
+                        on_missing: Callable[[int, BatchItemResult], bool] | None = None) -> list[int]:
         """Write, then link each record written (or call ``on_ok``) and record each failure; the ids written.
 
         ``link_as`` is the CRM entity of created records, linked under ``local_type``; without it the records
-        count as updated.
+        count as updated. ``on_missing`` may take a failure over (True: not recorded as failed).
         """
         c = self.counts
         ok_ids = []
@@ -153,11 +185,59 @@ class Context:
                 else:
                     c.updated += 1
                 ok_ids.append(local_id)
+            elif on_missing is not None and on_missing(local_id, item):
+                continue
             else:
                 self.rec.fail(operation, requests[item.index].entity,
                               item.error or "Not processed: an earlier item of the batch failed.",
                               local_type=failure_type or local_type, local_id=local_id)
         return ok_ids
+
+    def build(self, make: Callable[[], Any], *, operation: str, entity: str, local_type: str,
+              local_id: int | None) -> Any:
+        """What ``make`` builds for one record, or None after recording why it could not be built.
+
+        No record can stop a run: whatever goes wrong with one record's data becomes that record's failure,
+        with a message, the raw detail and Retry.
+        """
+        try:
+            return make()
+        except Exception as exc:  # noqa: BLE001 - one record's bad data must not stop the others
+            log.warning("record %s %s could not be prepared: %r", local_type, local_id, exc)
+            error = DynamicsError(
+                f"This record could not be prepared for the CRM ({type(exc).__name__}: {exc}).",
+                action="Correct the record and retry it; if it keeps failing, report it with the detail.",
+                detail=traceback.format_exc()[-4000:], retryable=False)
+            error.code = "invalid_record"
+            self.rec.fail(operation, entity, error, local_type=local_type, local_id=local_id)
+            return None
+
+    def fit(self, entity: str, attributes: dict, local_type: str, local_id: int, operation: str,
+            who: str) -> dict | None:
+        """The attributes checked against the CRM's field lengths; None (a failed record) when one is too long.
+
+        When the administrator chose it (Advanced General Options), a value too long is cut to the limit instead,
+        and the run's log says so.
+        """
+        cut = bool(self.integration.cut_long_values)
+        fitted, too_long = limits.fit(entity, attributes, limits.limits_for(entity, self.integration.max_lengths),
+                                      cut=cut)
+        if not too_long:
+            return fitted
+        if cut:
+            first = too_long[0]
+            label = limits.LABELS.get(first.attribute, first.attribute)
+            self.note(f"Values too long for the CRM were cut to its limits (first: the {label} of {who}, "
+                      f"{first.length} to {first.limit} characters).")
+            return fitted
+        error = DynamicsError(" ".join(t.describe() for t in too_long),
+                              action="Shorten the value in the platform and retry the record, or choose to cut "
+                                     "values too long for the CRM in Advanced General Options.",
+                              detail="; ".join(f"{t.entity}.{t.attribute}: {t.length} > {t.limit}" for t in too_long),
+                              retryable=False)
+        error.code = "too_long"
+        self.rec.fail(operation, entity, error, local_type=local_type, local_id=local_id)
+        return None
 
     # -- walking local records
 

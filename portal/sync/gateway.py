@@ -10,7 +10,7 @@ from flask import current_app
 
 from ..connection import config_for
 from ..connectors.dynamics import OrganizationService, Transport
-from ..connectors.dynamics.batch import TRANSIENT, BatchWriter
+from ..connectors.dynamics.batch import BATCH_SIZE, TRANSIENT, BatchWriter
 from ..connectors.dynamics.soap import BatchItemResult, fetch_xml
 from ..models import CrmIntegration
 from ..platform_models import normalize_email
@@ -30,9 +30,15 @@ class CrmGateway:
                if one_per_record is None else one_per_record)
         self._local = threading.local()
         self._transports: list[Transport] = []
+        self._services: list[OrganizationService] = []
         self._lock = threading.Lock()
-        self.writer = BatchWriter(self.service, parallel=parallel, one_per_record=bool(one))
+        self.writer = BatchWriter(self.service, parallel=parallel, one_per_record=bool(one),
+                                  backoff=float(current_app.config.get("SYNC_BUSY_BACKOFF_SECONDS", 0.25)))
         self.read_retries = 0
+        # Requests per batch: the limit the CRM's administrator set, once the CRM has named it.
+        self.batch_limit = integration.batch_size_limit or BATCH_SIZE
+        self.server_batch_limit: int | None = integration.batch_size_limit
+        self._notes_seen: set[str] = set()
 
     @property
     def parallel(self) -> int:
@@ -54,9 +60,10 @@ class CrmGateway:
         svc = getattr(self._local, "svc", None)
         if svc is None:
             transport = Transport(self.config)
+            svc = self._local.svc = OrganizationService(transport, batch_limit=self.batch_limit)
             with self._lock:
                 self._transports.append(transport)
-            svc = self._local.svc = OrganizationService(transport)
+                self._services.append(svc)
         return svc
 
     @property
@@ -71,8 +78,31 @@ class CrmGateway:
             t.close()
 
     def write(self, requests: Sequence) -> list[BatchItemResult]:
-        """Send requests in batches (see ``BatchWriter.write``)."""
-        return self.writer.write(requests)
+        """Send requests in batches (see ``BatchWriter.write``); what one lane learns of the CRM, all lanes use."""
+        try:
+            return self.writer.write(requests)
+        finally:
+            self._share_limits()
+
+    def _share_limits(self) -> None:
+        with self._lock:
+            services = list(self._services)
+        if not services:
+            return
+        self.batch_limit = min([self.batch_limit, *(s.batch_limit for s in services)])
+        named = [s.server_batch_limit for s in services if s.server_batch_limit]
+        if named:
+            self.server_batch_limit = min(named)
+        for svc in services:
+            svc.batch_limit = min(svc.batch_limit, self.batch_limit)
+
+    def new_notes(self) -> list[str]:
+        """What the connector changed on its own since the last call (smaller batches...), for the run's log."""
+        with self._lock:
+            notes = [note for svc in self._services for note in svc.notes]
+        fresh = [note for note in dict.fromkeys(notes) if note not in self._notes_seen]
+        self._notes_seen.update(fresh)
+        return fresh
 
     def fetch(self, fetchxml: str) -> Iterator:
         """Every record of a FetchXML query, one page in memory.

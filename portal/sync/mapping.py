@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -38,8 +38,10 @@ def lead_attributes(lead: Any, entity: str, *, creating: bool, platform: str,
                     lead_source_value: int | None = None) -> dict:
     """The CRM attributes of a lead: all standard fields; lead source on new leads (C1)."""
     attrs = {crm: getattr(lead, ours) for ours, crm in attrs_of(entity).items() if getattr(lead, ours)}
+    # Updates carry the email too: a change made in the platform reaches the CRM (the pull would otherwise
+    # bring the old address back as another lead).
+    attrs["emailaddress1"] = lead.email
     if creating:
-        attrs["emailaddress1"] = lead.email
         if not attrs.get("lastname"):
             attrs["lastname"] = lead.email.split("@", 1)[0]  # lastname is required by Dynamics
         if entity == "lead":
@@ -76,6 +78,17 @@ def event_of_note(subject: str) -> int | None:
         return None
 
 
+def custom_note_lead(subject: str) -> int | None:
+    """The lead id a custom-fields note's subject refers to, or None."""
+    start = subject.rfind("[ref:C")
+    if start < 0 or not subject.endswith("]"):
+        return None
+    try:
+        return int(subject[start + 6:-1])
+    except ValueError:
+        return None
+
+
 def custom_fields_note(lead_id: int, fields: dict, entity: str, crm_id: str, platform: str) -> CreateRequest:
     """A distributed lead's custom fields as one note on its CRM record (G3)."""
     return CreateRequest("annotation", {
@@ -91,10 +104,27 @@ def campaign_code(platform: str, campaign_id: int) -> str:
     return f"{platform}-{campaign_id}"
 
 
-def campaign_attributes(cp: Any, level: str, platform: str) -> dict:
-    """A campaign's CRM attributes at the chosen data level (G4)."""
+# A platform campaign status -> the CRM's (statecode, statuscode): Active 0-5, Inactive 6 (section 5 of the notes).
+CAMPAIGN_STATES = {"proposed": (0, 0), "ready_to_launch": (0, 1), "launched": (0, 2), "completed": (0, 3),
+                   "canceled": (0, 4), "suspended": (0, 5), "inactive": (1, 6)}
+
+
+def campaign_state(cp: Any) -> tuple[int, int]:
+    """The CRM (statecode, statuscode) of a campaign's status."""
+    return CAMPAIGN_STATES.get(cp.status or "proposed", (0, 0))
+
+
+def campaign_attributes(cp: Any, level: str, platform: str, *, creating: bool = False) -> dict:
+    """A campaign's CRM attributes at the chosen data level (G4); every level carries the status.
+
+    A new campaign is created with its status when it is an active one; any other status change goes through
+    SetState (an inactive campaign needs a change of state, which an Update cannot make on every version).
+    """
     attrs: dict = {"name": cp.name, "codename": campaign_code(platform, cp.id),
                    "typecode": OptionSetValue(cp.type_code)}
+    state, status = campaign_state(cp)
+    if creating and state == 0:
+        attrs["statuscode"] = OptionSetValue(status)
     if cp.starts_on:
         attrs["proposedstart"] = cp.starts_on
     if cp.ends_on:
@@ -142,6 +172,20 @@ def opportunity_values(opp: Any, lead_id: int | None, rule: str) -> dict:
 def lead_status(state: int | None, label: str) -> str:
     """A lead's CRM status as the pages show it: "Open · New", "Qualified · Qualified"."""
     return f"{LEAD_STATE.get(state, state)} · {label}" if label else LEAD_STATE.get(state, "")
+
+
+def changed(row: Any, values: dict) -> dict:
+    """The values that differ from the row's: the one rule by which every pulled record is compared."""
+    return {key: value for key, value in values.items() if _comparable(getattr(row, key, None)) != _comparable(value)}
+
+
+def _comparable(value: Any) -> Any:
+    # Money and numbers compare as Decimals (5000 == 5000.00); datetimes in UTC, naive ones taken as UTC.
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return Decimal(str(value))
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+    return value
 
 
 def option(value: Any) -> int | None:

@@ -10,11 +10,14 @@ from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import aliased
 
 from .. import catalog
+from ..connectors.dynamics.errors import NotFoundError
+from ..connectors.dynamics.soap import like_contains
 from ..extensions import db
 from ..platform_models import CrmLink, Lead, LeadOrigin, MarketingEvent
 from . import mapping
 from .context import BATCH, Context
 from .locks import other_live_run
+from .pushing import forget_deleted
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +127,14 @@ class NoteWriter:
         """Record the outcome of a chunk of notes: link those written, record those that failed."""
         ctx = self.ctx
         ok = []
+        deleted: set[int] = set()
         for item in future.result():
             event = rows[item.index][0]
             if item.ok and (item.id or not ctx.writes):
                 ok.append((event.id, item.id))
             else:
+                if isinstance(item.error, NotFoundError):
+                    deleted.add(rows[item.index][1].local_id)  # the lead's CRM record is gone
                 if not getattr(item.error, "outcome_unknown", False):
                     # Refused for certain: no note was written. Otherwise the in-flight marker stays, and the
                     # next run finds the note by its reference or sends it again.
@@ -147,6 +153,9 @@ class NoteWriter:
         ctx.counts.created += len(ok)
         ctx.rec.resolve_failures("event", [e for e, _ in ok])
         ctx.commit()
+        if deleted:
+            # Not failed again every night: the lead is created again by the next push, with its events.
+            forget_deleted(ctx, sorted(deleted))
 
 
 def reconcile_inflight_events(ctx: Context) -> None:
@@ -165,8 +174,10 @@ def reconcile_inflight_events(ctx: Context) -> None:
                   ctx.links("lead", list({lead_id for _, lead_id in pending})).values()}
     wanted = {event_id for event_id, _ in pending}
     found: dict[int, str] = {}
+    # The reference is escaped for SQL Server's LIKE, where "[" opens a set of characters.
     for note in ctx.gateway.fetch_in("annotation", ["annotationid", "subject"], "objectid",
-                                     sorted(set(lead_guids.values())), extra=[("subject", "like", "%[ref:E%")]):
+                                     sorted(set(lead_guids.values())),
+                                     extra=[("subject", "like", like_contains("[ref:E"))]):
         event_id = mapping.event_of_note(note.attributes.get("subject") or "")
         if event_id in wanted:
             found[event_id] = note.id

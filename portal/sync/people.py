@@ -34,14 +34,22 @@ def import_people(ctx: Context, entity: str, records: Iterable, into_list: Conta
         emails = {normalize_email(r.attributes["emailaddress1"]): r for r in batch}
         known = {ld.email_normalized: ld for ld in db.session.scalars(select(Lead).where(
             Lead.organization_id == ctx.org_id, _among(Lead.email_normalized, list(emails))))}
+        # The CRM id is the identity: a record already linked is that lead, whatever its email is now.
+        by_crm_id = _linked_leads(ctx, entity, [r.id for r in batch])
         linked = set(db.session.scalars(select(CrmLink.local_id).where(
             CrmLink.integration_id == ctx.integration.id, CrmLink.local_type == "lead",
             _among(CrmLink.local_id, [ld.id for ld in known.values()])))) if known else set()
         fresh: list = []  # new leads, inserted together by one flush below
         members: list[int] = []
         for email, rec in emails.items():
-            lead = known.get(email)
             values = mapping.person_values(rec.attributes, entity)
+            mine = by_crm_id.get(rec.id.lower())
+            if mine is not None:
+                _follow_crm(ctx, mine, email, rec, values, known)
+                members.append(mine.id)
+                imported += 1
+                continue
+            lead = known.get(email)
             if lead is None and not ctx.writes:
                 # A Preview creates nothing, so it remembers whom it would have created: met again (a contact
                 # with a lead's email, a list member pulled by the step before), that person is known, as in
@@ -59,7 +67,7 @@ def import_people(ctx: Context, entity: str, records: Iterable, into_list: Conta
                 fresh.append((lead, rec))
             else:
                 if lead.origin == LeadOrigin.crm:
-                    changed = {k: v for k, v in values.items() if v and getattr(lead, k) != v}
+                    changed = mapping.changed(lead, {k: v for k, v in values.items() if v})
                     if changed:
                         c.updated += 1
                         ctx.assign(lead, changed)
@@ -92,3 +100,31 @@ def import_people(ctx: Context, entity: str, records: Iterable, into_list: Conta
     if batch:
         flush()
     return imported
+
+
+def _linked_leads(ctx: Context, entity: str, crm_ids: list[str]) -> dict[str, Lead]:
+    """CRM id (lower case) -> the platform lead linked to it, among these CRM ids."""
+    ids = sorted({i for crm_id in crm_ids for i in (crm_id, crm_id.lower())})
+    local = {crm_id.lower(): local_id for crm_id, local_id in db.session.execute(
+        select(CrmLink.crm_id, CrmLink.local_id).where(
+            CrmLink.integration_id == ctx.integration.id, CrmLink.local_type == "lead", CrmLink.entity == entity,
+            _among(CrmLink.crm_id, ids)))}
+    if not local:
+        return {}
+    leads = {ld.id: ld for ld in db.session.scalars(select(Lead).where(_among(Lead.id, list(local.values()))))}
+    return {crm_id: leads[local_id] for crm_id, local_id in local.items() if local_id in leads}
+
+
+def _follow_crm(ctx: Context, lead: Lead, email: str, rec, values: dict, known: dict[str, Lead]) -> None:
+    """A linked lead follows its CRM record: a new email always; its other fields when it came from the CRM."""
+    changed = mapping.changed(lead, {k: v for k, v in values.items() if v}) if lead.origin == LeadOrigin.crm else {}
+    if email != lead.email_normalized:
+        other = known.get(email)
+        if other is None or other.id == lead.id:
+            changed.update(email=rec.attributes["emailaddress1"], email_normalized=email)
+        else:
+            ctx.note(f"The CRM gave {lead.email} the email {email}, which another platform lead has: "
+                     "the email was left as it is.")
+    if changed:
+        ctx.counts.updated += 1
+        ctx.assign(lead, changed)

@@ -277,7 +277,8 @@ def save_advanced(integration_id: int):
     if not form.validate():
         return _section_response(integration, forms, "advanced", ok=False)
     before = integration.event_types
-    changed = _apply(integration, {"create_campaigns": bool(form.create_campaigns.data)})
+    changed = _apply(integration, {"create_campaigns": bool(form.create_campaigns.data),
+                                   "cut_long_values": bool(form.cut_long_values.data)})
     if form.create_campaigns.data:
         changed += _apply(integration, {"campaign_data_level": form.campaign_data_level.data})
     integration.event_types = form.event_types.data or []

@@ -57,10 +57,12 @@ class FakeTransport:
     requests_sent: int = 0
     handshakes: int = 0
 
-    def request(self, method: str, url: str, *, headers: Any = None, data: bytes | None = None) -> HttpResponse:
+    def request(self, method: str, url: str, *, headers: Any = None, data: bytes | None = None,
+                deadline: float | None = None) -> HttpResponse:
         """Record the call and return the next queued response."""
         self.requests_sent += 1
-        self.calls.append({"method": method, "url": url, "headers": dict(headers or {}), "data": data})
+        self.calls.append({"method": method, "url": url, "headers": dict(headers or {}), "data": data,
+                           "deadline": deadline})
         item = self.responses.pop(0)
         if callable(item):
             return item(method, url, dict(headers or {}), data)

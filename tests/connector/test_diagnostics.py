@@ -8,7 +8,7 @@ from portal.connectors.dynamics.diagnostics import Step, test_connection
 
 PATH = "/ORG/XRMServices/2011/Organization.svc/web"
 STEPS = ["URL check", "DNS and TCP", "TLS", "NTLM handshake", "Organization Service", "WhoAmI", "Version",
-         "Read access", "Lead source option", "OData"]
+         "Read access", "Lead source option", "Field lengths", "OData"]
 
 VERSION = (b'<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body>'
            b'<ExecuteResponse xmlns="http://schemas.microsoft.com/xrm/2011/Contracts/Services">'
@@ -36,6 +36,8 @@ def _crm(kit, *, deny_list: bool = False):  # noqa: ANN001, ANN202
             out = kit.fixture_bytes("soap/who_am_i_result.xml")
         elif b"RetrieveVersion" in body:
             out = VERSION
+        elif b"RetrieveEntity" in body:
+            out = kit.fixture_bytes("soap/retrieve_entity_response.xml")
         elif b"RetrieveAttribute" in body:
             out = kit.fixture_bytes("soap/retrieve_attribute_picklist_response.xml")
         elif b"FetchExpression" in body:
@@ -61,7 +63,8 @@ def test_all_steps_pass(loopback_server, kit) -> None:
     assert [s.name for s in result.steps] == STEPS
     assert seen == result.steps
     d = result.to_dict()
-    assert set(d) == {"ok", "steps", "user_id", "organization_id", "version", "lead_source_value", "error"}
+    assert set(d) == {"ok", "steps", "user_id", "organization_id", "version", "lead_source_value", "max_lengths",
+                      "error"}
     assert d["user_id"] == "1bfa3886-df7e-468c-8435-b5adfb0441ed"
     assert d["organization_id"] == "0140d597-e270-494a-89e1-bd0b43774e50"
     assert d["version"] == "8.2.2.112"
@@ -76,7 +79,7 @@ def test_missing_lead_source_stops_with_action(loopback_server, kit) -> None:
     base = loopback_server(_crm(kit))
     result = test_connection(kit.make_config(base + PATH))
     assert not result.ok
-    assert [s.name for s in result.steps] == STEPS[:-1]
+    assert [s.name for s in result.steps] == STEPS[:-2]
     assert result.steps[-1].ok is False
     assert result.to_dict()["error"]["code"] == "lead_source_missing"
     assert "Lead Source" in result.error.action and "ZiftONE" in result.error.action

@@ -14,7 +14,14 @@ from portal.connectors.dynamics import errors as e
         (-2147220937, "Cannot insert duplicate key", e.DuplicateError, "duplicate"),
         (-2147220685, "A duplicate record was found", e.DuplicateError, "duplicate"),
         (-2147220960, "Principal user is missing prvCreateLead privilege", e.PrivilegeError, "privilege"),
-        (-2147180286, "Server Busy", e.ServerBusyError, "server_busy"),
+        (-2146233088, "Server Busy", e.ServerBusyError, "server_busy"),
+        (-2147204783, "Timeout expired. The timeout period elapsed prior to completion of the operation.",
+         e.TransientItemError, "transient"),
+        (-2147204782, "Transaction (Process ID 61) was deadlocked on lock resources with another process and "
+                      "has been chosen as the deadlock victim. Rerun the transaction.", e.TransientItemError,
+         "transient"),
+        (None, "The server was unable to process the request. Please try again later.", e.TransientItemError,
+         "transient"),
         (-2147217149, "'account' entity doesn't contain attribute", e.FaultError, "fault"),
         (None, "The server is busy: Server Busy", e.ServerBusyError, "server_busy"),
     ],
@@ -25,6 +32,19 @@ def test_error_from_fault(code, message, cls, stable) -> None:  # noqa: ANN001
     assert err.code == stable
     assert err.message == message
     assert err.action
+
+
+def test_bad_auth_ticket_is_an_authentication_failure() -> None:
+    err = e.error_from_fault(-2147180286, "The ticket specified for authentication is invalid.", "")
+    assert type(err) is e.AuthFailedError and not err.retryable
+    assert "BadAuthTicket" in err.message and err.action
+
+
+def test_max_batch_size_comes_from_error_details() -> None:
+    err = e.error_from_fault(-2147220989, "The request collection exceeds the maximum batch size.", "",
+                             {"MaxBatchSize": 250})
+    assert type(err) is e.BatchTooLargeError and err.max_batch_size == 250
+    assert e.error_from_fault(-2147220989, "too many", "<raw/> MaxBatchSize=40").max_batch_size == 40
 
 
 def test_privilege_names_the_missing_privilege() -> None:

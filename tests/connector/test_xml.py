@@ -10,6 +10,7 @@ import pytest
 from lxml import etree
 
 from portal.connectors.dynamics.errors import (
+    AuthFailedError,
     BatchTooLargeError,
     DuplicateError,
     FaultError,
@@ -424,7 +425,9 @@ def test_http_status_mapping(kit) -> None:
         (kit.http_response(b"", status=503, content_type=""), ServerBusyError),
         (kit.http_response(b"Bad gateway", status=502, content_type="text/plain"), ServerError),
         (kit.http_response(b"", status=415, content_type=""), NotDynamicsError),
-        (kit.http_response(_soap11_fault(-2147180286, "Server Busy"), status=500), ServerBusyError),
+        (kit.http_response(_soap11_fault(-2146233088, "Server Busy"), status=500), ServerBusyError),
+        (kit.http_response(_soap11_fault(-2147180286, "The ticket specified for authentication is invalid."),
+                           status=500), AuthFailedError),
         (kit.http_response(_soap11_fault(-2147220989, "Invalid argument."), status=500), FaultError),
     ]
     for response, error in cases:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.browser
 
 DYNAMICS = "Microsoft Dynamics CRM"
 STEPS = ["URL check", "DNS and TCP", "TLS", "NTLM handshake", "Organization Service", "WhoAmI", "Version",
-         "Read access", "Lead source option", "OData"]
+         "Read access", "Lead source option", "Field lengths", "OData"]
 WRONG_PASSWORD = "Wrong-Pass-9"
 
 # Records, in the page, every rendering of the connection test (its step names) and when the test was

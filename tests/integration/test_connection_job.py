@@ -18,7 +18,7 @@ from portal.extensions import db
 from portal.models import BackgroundJob, CrmIntegration, JobStatus, Notice, utcnow
 
 STEPS = ["URL check", "DNS and TCP", "TLS", "NTLM handshake", "Organization Service", "WhoAmI", "Version",
-         "Read access", "Lead source option", "OData"]
+         "Read access", "Lead source option", "Field lengths", "OData"]
 WRONG = "Wrong-Secret-Xy7"
 
 
@@ -101,6 +101,8 @@ def test_save_and_test_passes_on_a_real_worker(app, partner_admin, client, auth,
     assert row.last_test_ok is True and row.last_test_at is not None
     assert row.last_test_fingerprint == row.connection_fingerprint()
     assert row.test_passed_on_saved_settings and row.lead_source_value is not None
+    # Item 9: the field lengths of this CRM, read from its metadata, are kept with the integration.
+    assert row.max_lengths["lead"]["firstname"] == 50 and row.max_lengths["lead"]["address1_postalcode"] == 20
     assert row.error_code == "" and row.auth_failures == 0
     listing = banner(client.get("/settings/crm").text, iid)
     assert "Passed ·" in listing and "banner-row" not in listing

@@ -10,7 +10,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ["URL check", "DNS and TCP", "TLS", "NTLM handshake", "Organization Service", "WhoAmI", "Version",
-         "Read access", "Lead source option", "OData"]
+         "Read access", "Lead source option", "Field lengths", "OData"]
 
 
 def args(crm, *extra: str, password: str | None = None) -> list[str]:
@@ -31,7 +31,8 @@ def test_json_output_passes(runner, crm):
     res = runner.invoke(args=args(crm, "--odata-url", crm.webapi_url, "--json", password=crm.password))
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert set(data) == {"ok", "steps", "user_id", "organization_id", "version", "lead_source_value", "error"}
+    assert set(data) == {"ok", "steps", "user_id", "organization_id", "version", "lead_source_value", "max_lengths",
+                         "error"}
     assert data["ok"] is True and data["error"] is None
     assert [s["name"] for s in data["steps"]] == STEPS
     assert all(set(s) == {"name", "ok", "detail"} and s["ok"] is True and s["detail"] for s in data["steps"])

@@ -188,3 +188,14 @@ def test_saving_changed_connection_switches_off_until_tested(partner_admin, clie
     post(client, auth, iid, "connection", {"username": "crmadmin", "org_url": WEB, "domain": "NEW",
                                            "action": "save"})
     assert integ(app, iid).enabled is False
+
+
+def test_cutting_long_values_is_an_advanced_option(partner_admin, client, auth, app):
+    """Item 9: the administrator chooses whether a value too long for the CRM is cut or fails its record."""
+    iid = partner_admin["integration_id"]
+    page = client.get(f"/settings/crm/{iid}/edit").text
+    assert "Cut values too long for the CRM" in page and integ(app, iid).cut_long_values is False
+    resp = post(client, auth, iid, "advanced", {"event_types": ["email_open"], "cut_long_values": "y"})
+    assert resp.status_code == 200 and integ(app, iid).cut_long_values is True
+    resp = post(client, auth, iid, "advanced", {"event_types": ["email_open"]})
+    assert resp.status_code == 200 and integ(app, iid).cut_long_values is False

@@ -31,7 +31,7 @@ PATH = "/demo/XRMServices/2011/Organization.svc/web"
 MISSING_ID = "00000000-0000-0000-0000-0000000000a1"
 
 # Transient failures: the portal may simply try again later. Everything else needs a person to act.
-RETRYABLE = {"timeout", "server_busy", "server_error"}
+RETRYABLE = {"timeout", "server_busy", "server_error", "transient"}
 
 
 def config(crm, **kw) -> ConnectionConfig:
@@ -257,6 +257,15 @@ def batch_too_large(crm, stack: ExitStack) -> DynamicsError:
     return err
 
 
+def transient(crm, stack: ExitStack) -> DynamicsError:
+    service = _service(crm, stack)
+    service.item_tries = 1  # no resend: the record's own fault comes back
+    crm.set_faults(item_fault_ratio=1, item_fault_kind="deadlock")
+    (item,) = service.execute_multiple([CreateRequest("lead", {"lastname": "Deadlock"})])
+    assert not item.ok and "deadlock" in item.error.message
+    return item.error
+
+
 SCENARIOS: dict[str, Callable[[object, ExitStack], DynamicsError]] = {
     "invalid_url": invalid_url,
     "blocked_url": blocked_url,
@@ -275,6 +284,7 @@ SCENARIOS: dict[str, Callable[[object, ExitStack], DynamicsError]] = {
     "duplicate": duplicate,
     "response_too_large": response_too_large,
     "batch_too_large": batch_too_large,
+    "transient": transient,
 }
 
 

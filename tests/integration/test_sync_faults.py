@@ -84,6 +84,12 @@ def test_a_note_on_a_lead_deleted_in_the_crm_fails_alone(app, ready):
     assert failed["local_id"] == new[1] and failed["code"] == "not_found" and failed["retryable"] is False
     refs = note_refs(crm)
     assert refs[new[0]] == refs[new[2]] == 1 and new[1] not in refs
+    # Item 12: not failed again every night: the lead is created again, with its events, and the failure resolved.
+    again = run_steps(app, iid, ["push_marketing_leads", "push_events"])
+    assert again["status"] == "finished" and failures(app, iid) == [], again
+    (lead,) = crm.records("lead", email="del1@example.net")
+    assert lead["leadid"] != gone and note_refs(crm)[new[1]] == 1
+    assert set(note_refs(crm).values()) == {1}  # the deleted lead's notes went with it; each is there once
 
 
 @pytest.mark.parametrize(("fault", "nth"), [("http500", 2), ("http500", 3), ("drop", 2), ("drop", 3), ("busy", 1)])

@@ -32,7 +32,8 @@ def test_server_busy_every_nth(clean_faults: SandboxServer, soap: Soap) -> None:
             outcomes.append("ok")
         except SoapFault as fault:
             assert fault.message == "Server Busy"
-            assert fault.code == -2147180286
+            # Not -2147180286: that is BadAuthTicket. The real throttle's code is undocumented.
+            assert fault.code == -2146233088
             outcomes.append("busy")
     assert outcomes == ["ok", "busy", "ok", "busy"]
 

@@ -96,3 +96,16 @@ def test_postgresql_connections_do_not_prepare_statements(clean_env, monkeypatch
     assert load_config()["SQLALCHEMY_ENGINE_OPTIONS"]["connect_args"] == {"prepare_threshold": None}
     monkeypatch.setenv("DATABASE_URL", "sqlite:///x.db")
     assert "connect_args" not in load_config()["SQLALCHEMY_ENGINE_OPTIONS"]
+
+
+def test_batch_deadline_settings(clean_env, monkeypatch):
+    """Item 4: a batch's deadline grows with its size, and both parts are configurable."""
+    cfg = load_config()
+    assert (cfg["SYNC_BATCH_BASE_SECONDS"], cfg["SYNC_BATCH_RECORD_SECONDS"]) == (60.0, 0.3)
+    monkeypatch.setenv("SYNC_BATCH_BASE_SECONDS", "120")
+    monkeypatch.setenv("SYNC_BATCH_RECORD_SECONDS", "0.5")
+    cfg = load_config()
+    assert (cfg["SYNC_BATCH_BASE_SECONDS"], cfg["SYNC_BATCH_RECORD_SECONDS"]) == (120.0, 0.5)
+    monkeypatch.setenv("SYNC_BATCH_RECORD_SECONDS", "soon")
+    with pytest.raises(RuntimeError, match="SYNC_BATCH_RECORD_SECONDS must be a number"):
+        load_config()

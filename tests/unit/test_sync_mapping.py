@@ -27,8 +27,9 @@ def test_a_new_lead_carries_email_subject_lead_source_and_a_last_name():
 
 def test_an_update_sends_only_standard_fields_and_contacts_have_no_company():
     lead = _lead(company="Acme", first_name="Ann")
-    assert mapping.lead_attributes(lead, "lead", creating=False, platform="P") == {"companyname": "Acme",
-                                                                                   "firstname": "Ann"}
+    # The email too: a platform-side change must reach the CRM (item 12).
+    assert mapping.lead_attributes(lead, "lead", creating=False, platform="P") == {
+        "companyname": "Acme", "firstname": "Ann", "emailaddress1": lead.email}
     contact = mapping.lead_attributes(lead, "contact", creating=True, platform="P", lead_source_value=1)
     assert "companyname" not in contact and "leadsourcecode" not in contact and "subject" not in contact
 
@@ -36,10 +37,16 @@ def test_an_update_sends_only_standard_fields_and_contacts_have_no_company():
 def test_campaign_attributes_follow_the_data_level():
     cp = SimpleNamespace(id=7, name="Spring", type_code=3, starts_on=date(2026, 4, 1), ends_on=None,
                          description="d", objective="o", budget=1200.5, expected_revenue=9000,
-                         expected_response=12, promotion_code="SPRING")
+                         expected_response=12, promotion_code="SPRING", status="launched")
     basic = mapping.campaign_attributes(cp, "basic", "ZiftONE")
     assert basic == {"name": "Spring", "codename": "ZiftONE-7", "typecode": OptionSetValue(3),
                      "proposedstart": date(2026, 4, 1)}
+    # Basic promises the status: a new campaign is created with it; later changes go through SetState.
+    assert mapping.campaign_attributes(cp, "basic", "ZiftONE", creating=True)["statuscode"] == OptionSetValue(2)
+    assert mapping.campaign_state(cp) == (0, 2)
+    assert mapping.campaign_state(SimpleNamespace(status="inactive")) == (1, 6)
+    inactive = SimpleNamespace(**{**vars(cp), "status": "inactive"})
+    assert "statuscode" not in mapping.campaign_attributes(inactive, "basic", "ZiftONE", creating=True)
     standard = mapping.campaign_attributes(cp, "standard", "ZiftONE")
     assert standard["budgetedcost"] == Money(Decimal("1200.5")) and "expectedrevenue" not in standard
     full = mapping.campaign_attributes(cp, "full", "ZiftONE")
@@ -66,3 +73,11 @@ def test_crm_values_read_back_as_platform_values():
     assert mapping.lead_status(1, "Qualified") == "Qualified · Qualified" and mapping.lead_status(0, "") == "Open"
     assert mapping.person_values({"firstname": "Bo", "companyname": "X"}, "contact")["first_name"] == "Bo"
     assert "company" not in mapping.person_values({}, "contact")
+
+
+def test_every_pulled_field_is_compared_by_one_rule():
+    """Item 10: 5,000 -> 6,500 is a change; 5000 and 5000.00 are not; naive and UTC datetimes compare alike."""
+    row = SimpleNamespace(estimated_value=Decimal("5000.00"), name="Deal", due_at=datetime(2026, 3, 1, 10, 0))
+    assert mapping.changed(row, {"estimated_value": Decimal("6500"), "name": "Deal"}) == {
+        "estimated_value": Decimal("6500")}
+    assert mapping.changed(row, {"estimated_value": 5000, "due_at": datetime(2026, 3, 1, 10, 0, tzinfo=UTC)}) == {}

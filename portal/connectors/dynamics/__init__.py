@@ -31,6 +31,8 @@ from .soap import (
     UpdateRequest,
     WhoAmI,
     fetch_xml,
+    like_contains,
+    like_literal,
 )
 from .transport import ConnectionConfig, Transport
 from .urlguard import (
@@ -85,6 +87,8 @@ __all__ = [
     "error_from_fault",
     "fetch_xml",
     "is_allowed",
+    "like_contains",
+    "like_literal",
     "normalize_host",
     "odata_literal",
     "parse_allowed_endpoints",

@@ -41,8 +41,9 @@ class BatchWriter:
     """Sends requests in batches over ``parallel`` lanes, each lane with the service its thread is given."""
 
     def __init__(self, service: Callable[[], Any], *, parallel: int = 2, batch_size: int = BATCH_SIZE,
-                 one_per_record: bool = False, sleep: Callable[[float], None] = time.sleep):
+                 one_per_record: bool = False, sleep: Callable[[float], None] = time.sleep, backoff: float = 0.25):
         self.service = service
+        self.backoff = backoff  # seconds before the first resend after Server Busy; doubled each round, at most 8
         self.parallel = max(1, parallel)
         self.batch_size = batch_size
         self.one_per_record = one_per_record
@@ -110,7 +111,7 @@ class BatchWriter:
                         results[index] = batch_failed(batches[index], busy, unknown=False)
                     break
                 lanes = max(1, lanes // 2)  # the server asks us to slow down
-                self.sleep(min(8.0, 0.25 * 2 ** attempt))
+                self.sleep(min(8.0, self.backoff * 2 ** attempt))
             pending = failed_busy
         flat: list[BatchItemResult] = []
         for offset, batch_results in enumerate(results):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,16 @@ from .transport import ConnectionConfig, Transport
 from .urlguard import CheckedUrl, check_address, check_url
 
 log = logging.getLogger("portal.connectors.dynamics")
+
+# Text attributes the sync writes, whose MaxLength the test reads from the CRM's metadata.
+WRITTEN_TEXT = {
+    "lead": ("subject", "firstname", "lastname", "companyname", "jobtitle", "emailaddress1", "telephone1",
+             "mobilephone", "websiteurl", "address1_line1", "address1_line2", "address1_city",
+             "address1_stateorprovince", "address1_postalcode", "address1_country", "description"),
+    "contact": ("firstname", "lastname", "jobtitle", "emailaddress1", "telephone1", "mobilephone", "websiteurl",
+                "address1_line1", "address1_line2", "address1_city", "address1_stateorprovince",
+                "address1_postalcode", "address1_country", "description"),
+}
 
 READ_ENTITIES = (
     ("lead", "leadid"),
@@ -59,6 +70,8 @@ class ConnectionTestResult:
     business_unit_id: str | None = None
     version: str | None = None
     lead_source_value: int | None = None
+    # MaxLength of the text attributes the sync writes, by entity then attribute (customized CRMs differ).
+    max_lengths: dict[str, dict[str, int]] = field(default_factory=dict)
     error: DynamicsError | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +83,7 @@ class ConnectionTestResult:
             "organization_id": self.organization_id,
             "version": self.version,
             "lead_source_value": self.lead_source_value,
+            "max_lengths": self.max_lengths,
             "error": self.error.to_dict() if self.error else None,
         }
 
@@ -128,15 +142,20 @@ def _tls_handshake(sock: socket.socket, host: str, config: ConnectionConfig) -> 
     return f"{version}, certificate valid until {expires}" if expires else version
 
 
+TIME_LIMIT = 50.0  # seconds: a connection test ends within a minute, whatever the server does
+
+
 def test_connection(
     config: ConnectionConfig,
     platform_name: str = "ZiftONE",
     on_step: Callable[[Step], None] | None = None,
     transport: Transport | None = None,
+    time_limit: float = TIME_LIMIT,
 ) -> ConnectionTestResult:
-    """Run the connection test steps in order, stopping at the first failure."""
+    """Run the connection test steps in order, stopping at the first failure; the whole test ends in time_limit."""
     result = ConnectionTestResult()
     own_transport = transport is None
+    until = time.monotonic() + time_limit
 
     def done(name: str, ok: bool, detail: str = "") -> None:
         step = Step(name, ok, detail)
@@ -145,6 +164,10 @@ def test_connection(
             on_step(step)
 
     def fail(name: str, error: DynamicsError) -> None:
+        if isinstance(error, RequestTimeoutError) and time.monotonic() >= until - 0.5:
+            error = RequestTimeoutError(
+                f"The CRM did not answer within the {time_limit:.0f} s a connection test may take "
+                f"(it stopped at the step {name}).", detail=error.message)
         result.error = error
         done(name, False, error.message)
         raise _Stop
@@ -185,6 +208,7 @@ def test_connection(
         if t is None:
             t = Transport(config)
         tr = t
+        tr.until = until
         service = OrganizationService(tr)
         before = tr.handshakes
 
@@ -246,6 +270,18 @@ def test_connection(
 
         result.lead_source_value = run("Lead source option", lead_source)
         done("Lead source option", True, f"{platform_name} = {result.lead_source_value}")
+
+        try:
+            for entity, names in WRITTEN_TEXT.items():
+                lengths = service.retrieve_max_lengths(entity)
+                result.max_lengths[entity] = {n: lengths[n] for n in names if n in lengths}
+            lead = result.max_lengths.get("lead", {})
+            done("Field lengths", True, ", ".join(f"{n} {lead[n]}" for n in ("firstname", "companyname",
+                                                                              "address1_city") if n in lead))
+        except DynamicsError as exc:
+            # Not fatal: records are then checked against the usual limits of an unmodified CRM.
+            result.max_lengths = {}
+            done("Field lengths", True, f"not read ({exc.message}); the usual limits apply")
 
         if config.odata_url:
             def odata() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 # OrganizationServiceFault ErrorCodes we treat specially (see the protocol notes, section 2.10).
@@ -11,7 +12,9 @@ ERROR_PRIVILEGE = -2147220960
 ERROR_ACCESS_CHECK = -2147187962
 ERROR_DUPLICATE_KEY = -2147220937
 ERROR_DUPLICATE_RULE = -2147220685
-ERROR_SERVER_BUSY = -2147180286
+# BadAuthTicket (0x8004A102): "The ticket specified for authentication is invalid". Server Busy has no
+# documented code: it is recognised by its message (see error_from_fault).
+ERROR_BAD_AUTH_TICKET = -2147180286
 ERROR_OPTION_OUT_OF_RANGE = -2147204326
 ERROR_NO_ATTRIBUTE = -2147217149
 
@@ -181,11 +184,15 @@ class ServerError(DynamicsError):
 
 
 class BatchTooLargeError(DynamicsError):
-    """An ExecuteMultiple batch exceeds the server's MaxBatchSize."""
+    """An ExecuteMultiple batch exceeds the server's MaxBatchSize (which the fault's ErrorDetails carry)."""
 
     code = "batch_too_large"
     default_message = f"A batch may hold at most {MAX_BATCH_SIZE} requests."
     default_action = "Send smaller batches."
+
+    def __init__(self, message: str | None = None, *, max_batch_size: int | None = None, **kw: Any) -> None:
+        self.max_batch_size = max_batch_size
+        super().__init__(message, **kw)
 
 
 class FaultError(DynamicsError):
@@ -205,6 +212,15 @@ class FaultError(DynamicsError):
         if self.error_code is None:
             return None
         return f"0x{self.error_code & 0xFFFFFFFF:08X}"
+
+
+class TransientItemError(FaultError):
+    """One record of a batch met a passing fault (SQL timeout, deadlock, "try again later"): send it again."""
+
+    code = "transient"
+    default_message = "The CRM could not write this record just now."
+    default_action = "Nothing to change: the portal tries again."
+    retryable = True
 
 
 class NotFoundError(FaultError):
@@ -241,10 +257,33 @@ class PrivilegeError(FaultError):
 _PRIVILEGE_RE = re.compile(r"\bprv[A-Za-z0-9_]+")
 
 
-def error_from_fault(error_code: int | None, message: str, raw: str = "") -> DynamicsError:
-    """Map an OrganizationServiceFault (ErrorCode, Message, raw text) to the right error class."""
+# SQL Server's command timeout and deadlock-victim messages, and the CRM's generic "try again later".
+_TRANSIENT_RE = re.compile(
+    r"(?i)timeout expired|deadlocked on lock resources|rerun the transaction|try again later|"
+    r"try the operation again"
+)
+
+
+def _int_detail(details: Mapping[str, Any] | None, key: str) -> int | None:
+    value = (details or {}).get(key)
+    try:
+        return int(str(value).strip()) if value is not None else None
+    except ValueError:
+        return None
+
+
+def error_from_fault(
+    error_code: int | None, message: str, raw: str = "", details: Mapping[str, Any] | None = None
+) -> DynamicsError:
+    """Map an OrganizationServiceFault (ErrorCode, Message, raw text, ErrorDetails) to the right error class."""
     text = message or "The CRM refused the request."
     detail = raw or None
+    if error_code == ERROR_BAD_AUTH_TICKET:
+        return AuthFailedError(
+            f"The CRM refused the sign-in ticket (BadAuthTicket): {text}",
+            action="Check the CRM user's password and that the account is enabled; then test the connection.",
+            detail=detail,
+        )
     if error_code == ERROR_NOT_FOUND:
         return NotFoundError(text, error_code=error_code, detail=detail)
     if error_code in (ERROR_DUPLICATE_KEY, ERROR_DUPLICATE_RULE):
@@ -256,8 +295,14 @@ def error_from_fault(error_code: int | None, message: str, raw: str = "") -> Dyn
         if privilege:
             action = f"Give the CRM user a security role that includes the privilege {privilege}."
         return PrivilegeError(text, privilege=privilege, error_code=error_code, action=action, detail=detail)
-    if error_code == ERROR_SERVER_BUSY or "server busy" in (message or "").lower():
+    if "server busy" in (message or "").lower():
         return ServerBusyError(text, error_code=error_code, detail=detail)
-    if "MaxBatchSize" in (raw or "") or "MaxBatchSize" in (message or ""):
-        return BatchTooLargeError(text, detail=detail)
+    size = _int_detail(details, "MaxBatchSize")
+    if size is None and "MaxBatchSize" in (raw or ""):
+        found = re.search(r"MaxBatchSize=(\d+)", raw or "")
+        size = int(found.group(1)) if found else None
+    if size is not None or "MaxBatchSize" in (message or ""):
+        return BatchTooLargeError(text, max_batch_size=size, detail=detail)
+    if _TRANSIENT_RE.search(message or ""):
+        return TransientItemError(text, error_code=error_code, detail=detail)
     return FaultError(text, error_code=error_code, detail=detail)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,11 +16,15 @@ from .errors import (
     MAX_BATCH_SIZE,
     AuthFailedError,
     BatchTooLargeError,
+    ClaimsAuthError,
     DynamicsError,
     FaultError,
     NotDynamicsError,
+    RequestTimeoutError,
     ServerBusyError,
     ServerError,
+    TransientItemError,
+    UnreachableError,
 )
 from .transport import HttpResponse, Transport
 from .xml import (
@@ -31,6 +37,7 @@ from .xml import (
     XRM2012,
     XSI,
     Entity,
+    EntityFilters,
     EntityPage,
     EntityReference,
     Label,
@@ -47,6 +54,7 @@ from .xml import (
     parse_entity,
     parse_entity_page,
     parse_envelope,
+    parse_max_lengths,
     parse_option_set,
     parse_results,
     parse_xml,
@@ -57,9 +65,14 @@ from .xml import (
     to_bytes,
     write_entity,
     write_key_value,
+    xml_safe,
 )
 
 ACTION_PREFIX = "http://schemas.microsoft.com/xrm/2011/Contracts/Services/IOrganizationService/"
+# Execute messages that only read: safe to send again when a kept-alive connection turns out to be closed.
+READ_MESSAGES = frozenset({"WhoAmI", "RetrieveVersion", "RetrieveMultiple", "Retrieve", "RetrieveAttribute",
+                           "RetrieveEntity", "RetrieveAllEntities"})
+log = logging.getLogger("portal.connectors.dynamics")
 _XML_TYPES = ("text/xml", "application/xml", "application/soap+xml")
 
 
@@ -137,6 +150,16 @@ def version_name(version: str) -> str:
 # ---------------------------------------------------------------- FetchXML
 
 
+def like_literal(text: str) -> str:
+    """Escape a literal for a FetchXML `like` (SQL Server LIKE): [ % _ become [[] [%] [_], so they match themselves."""
+    return "".join(f"[{c}]" if c in "[%_" else c for c in text)
+
+
+def like_contains(text: str) -> str:
+    """A `like` pattern matching values that contain the literal text."""
+    return f"%{like_literal(text)}%"
+
+
 def _fetch_value(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
@@ -146,7 +169,7 @@ def _fetch_value(value: Any) -> str:
         return str(value.value)
     if isinstance(value, EntityReference):
         return value.id
-    return str(value)
+    return xml_safe(str(value))
 
 
 def _add_conditions(
@@ -356,25 +379,40 @@ def _nil(el: etree._Element) -> bool:
 class OrganizationService:
     """Calls to the Organization Service /web endpoint through a Transport."""
 
-    def __init__(self, transport: Transport, url: str | None = None) -> None:
+    def __init__(self, transport: Transport, url: str | None = None, batch_limit: int = MAX_BATCH_SIZE) -> None:
         self.transport = transport
         self.url = url or transport.config.org_url
         self.pages = 0
+        # Requests per ExecuteMultiple sent now: lowered to the server's MaxBatchSize, and halved after a batch
+        # that did not finish within its deadline.
+        self.batch_limit = max(1, min(MAX_BATCH_SIZE, batch_limit))
+        self.server_batch_limit: int | None = None  # the MaxBatchSize the server named, once it did
+        self.notes: list[str] = []  # what the service changed on its own, in words for the run's log
+        self.item_tries = 4  # a record that meets a passing fault (deadlock, SQL timeout) is sent up to this often
+        self.item_retry_delay = 0.5  # seconds before the first resend of such records; doubled each time
 
     # -- plumbing
 
-    def _post(self, operation: str, envelope: etree._Element) -> etree._Element:
-        """POST an envelope and return the <operation>Response element, or raise the typed error."""
-        resp = self.transport.request(
-            "POST",
-            self.url,
-            headers={
-                "Content-Type": "text/xml; charset=utf-8",
-                "SOAPAction": ACTION_PREFIX + operation,
-                "Accept": "application/xml, text/xml, */*",
-            },
-            data=to_bytes(envelope),
-        )
+    def _post(self, operation: str, envelope: etree._Element, *, idempotent: bool = False,
+              deadline: float | None = None) -> etree._Element:
+        """POST an envelope and return the <operation>Response element, or raise the typed error.
+
+        A read (idempotent) that fails because the server closed a kept-alive connection is sent once more, on a
+        fresh connection: the server did nothing with it.
+        """
+        data = to_bytes(envelope)
+        headers = {
+            "Content-Type": "text/xml; charset=utf-8",
+            "SOAPAction": ACTION_PREFIX + operation,
+            "Accept": "application/xml, text/xml, */*",
+        }
+        try:
+            resp = self.transport.request("POST", self.url, headers=headers, data=data, deadline=deadline)
+        except UnreachableError as exc:
+            if not (idempotent and getattr(exc, "connection_lost", False)):
+                raise
+            log.info("a kept-alive connection was closed by the CRM; %s sent again on a new one", operation)
+            resp = self.transport.request("POST", self.url, headers=headers, data=data, deadline=deadline)
         return self._handle(operation, resp)
 
     def _handle(self, operation: str, resp: HttpResponse) -> etree._Element:
@@ -416,7 +454,8 @@ class OrganizationService:
 
     def execute(self, name: str, params: Mapping[str, Any] | None = None, family: str = XRM) -> ExecuteResult:
         """Run an Execute message; family is the request type's namespace (XRM for SDK messages, CRM else)."""
-        response = self._post("Execute", execute_envelope(name, params or {}, family))
+        response = self._post("Execute", execute_envelope(name, params or {}, family),
+                              idempotent=name in READ_MESSAGES)
         result_el = child(response, SERVICES, "ExecuteResult")
         if result_el is None:
             raise NotDynamicsError("The Execute response has no ExecuteResult.")
@@ -448,7 +487,7 @@ class OrganizationService:
         col_el = sub(cs, XRM, "Columns")
         for name in cols or ():
             sub(col_el, ARR, "string", name)
-        response = self._post("Retrieve", root)
+        response = self._post("Retrieve", root, idempotent=True)
         result = child(response, SERVICES, "RetrieveResult")
         if result is None:
             raise NotDynamicsError("The Retrieve response has no RetrieveResult.")
@@ -462,7 +501,7 @@ class OrganizationService:
         # lxml escapes the FetchXML text again here: the double escaping the protocol needs.
         sub(query, XRM, "Query", fetchxml)
         self.pages += 1
-        response = self._post("RetrieveMultiple", root)
+        response = self._post("RetrieveMultiple", root, idempotent=True)
         result = child(response, SERVICES, "RetrieveMultipleResult")
         if result is None:
             raise NotDynamicsError("The RetrieveMultiple response has no RetrieveMultipleResult.")
@@ -519,7 +558,14 @@ class OrganizationService:
     def execute_multiple(
         self, requests: Sequence[BatchRequest], continue_on_error: bool = True, return_responses: bool = True
     ) -> list[BatchItemResult]:
-        """Send up to 1000 Create/Update/SetState requests in one ExecuteMultiple; one result per request."""
+        """Send up to 1000 Create/Update/SetState requests by ExecuteMultiple; one result per request, in order.
+
+        The requests go in batches of ``batch_limit``: lowered (and kept) when the server names a smaller
+        MaxBatchSize, halved after a batch that outlived its deadline. Records that met a passing fault (deadlock,
+        SQL timeout, "try again later") are sent again a few times, with backoff, before they count as failed.
+        A fault of the whole request raises when nothing of this call was written yet (so the caller may send it
+        all again); after that, it becomes the failure of the records it concerned.
+        """
         if len(requests) > MAX_BATCH_SIZE:
             raise BatchTooLargeError(f"{len(requests)} requests given; a batch may hold at most {MAX_BATCH_SIZE}.")
         if not requests:
@@ -527,8 +573,72 @@ class OrganizationService:
         if not self.transport.authenticated:
             # NTLM re-sends the body on each handshake leg: authenticate with a tiny call first.
             self.who_am_i()
+        results = self._send_in_batches(requests, continue_on_error, return_responses)
+        for attempt in range(1, self.item_tries):
+            again = [i for i, r in enumerate(results) if not r.ok and isinstance(r.error, TransientItemError)]
+            if not again:
+                break
+            time.sleep(self.item_retry_delay * 2 ** (attempt - 1))
+            try:
+                retried = self._send_in_batches([requests[i] for i in again], continue_on_error, return_responses)
+            except (AuthFailedError, ClaimsAuthError):
+                raise
+            except DynamicsError:
+                break  # they stay failed (retryable): a later run sends them again
+            for index, item in zip(again, retried, strict=True):
+                item.index = index
+                results[index] = item
+        return results
+
+    def batch_deadline(self, size: int) -> float:
+        """Seconds allowed for a batch of `size` requests (grows with the size)."""
+        return self.transport.config.batch_deadline(size)
+
+    def _send_in_batches(self, requests: Sequence[BatchRequest], continue_on_error: bool,
+                         return_responses: bool) -> list[BatchItemResult]:
+        results: list[BatchItemResult] = []
+        start = 0
+        while start < len(requests):
+            part = requests[start:start + self.batch_limit]
+            try:
+                part_results = self._execute_multiple_once(part, continue_on_error, return_responses)
+            except BatchTooLargeError as exc:
+                if not exc.max_batch_size or exc.max_batch_size >= len(part):
+                    raise
+                self.server_batch_limit = exc.max_batch_size
+                self.batch_limit = min(self.batch_limit, exc.max_batch_size)
+                self.notes.append(f"The CRM accepts at most {exc.max_batch_size} requests per batch "
+                                  f"(MaxBatchSize): batches of {self.batch_limit} from now on.")
+                continue
+            except RequestTimeoutError as exc:
+                exc.outcome_unknown = True  # the server may still be writing them
+                smaller = max(1, len(part) // 2)
+                if smaller < self.batch_limit:
+                    self.batch_limit = smaller
+                    self.notes.append(f"A batch of {len(part)} did not finish within "
+                                      f"{self.batch_deadline(len(part)):.0f} s: batches of {smaller} from now on.")
+                if not results:
+                    raise
+                results += _failed(part, start, exc, unknown=True)
+                start += len(part)
+                continue
+            except (ServerBusyError, ServerError, UnreachableError, TransientItemError) as exc:
+                if not results:
+                    raise
+                # Server Busy is refused before anything runs; a dropped answer leaves the outcome unknown.
+                results += _failed(part, start, exc, unknown=not isinstance(exc, ServerBusyError))
+                start += len(part)
+                continue
+            for item in part_results:
+                item.index += start
+            results += part_results
+            start += len(part)
+        return results
+
+    def _execute_multiple_once(self, requests: Sequence[BatchRequest], continue_on_error: bool,
+                               return_responses: bool) -> list[BatchItemResult]:
         envelope = execute_multiple_envelope(requests, continue_on_error, return_responses)
-        response = self._post("Execute", envelope)
+        response = self._post("Execute", envelope, deadline=self.batch_deadline(len(requests)))
         result_el = child(response, SERVICES, "ExecuteResult")
         if result_el is None:
             raise NotDynamicsError("The ExecuteMultiple response has no ExecuteResult.")
@@ -553,6 +663,22 @@ class OrganizationService:
         if metadata is None:
             raise NotDynamicsError("The RetrieveAttribute response has no AttributeMetadata.")
         return parse_option_set(metadata)
+
+    def retrieve_max_lengths(self, entity: str) -> dict[str, int]:
+        """MaxLength of every text attribute of an entity, from its metadata as published or not (RetrieveEntity)."""
+        r = self.execute(
+            "RetrieveEntity",
+            {
+                "EntityFilters": EntityFilters("Attributes"),
+                "LogicalName": entity,
+                "MetadataId": uuid.UUID(int=0),
+                "RetrieveAsIfPublished": True,
+            },
+        )
+        metadata = r.elements.get("EntityMetadata")
+        if metadata is None:
+            raise NotDynamicsError("The RetrieveEntity response has no EntityMetadata.")
+        return parse_max_lengths(metadata)
 
     def find_option(self, label: str, entity: str = "lead", attribute: str = "leadsourcecode") -> int | None:
         """The value of the option whose label (in any language) equals label, ignoring case."""
@@ -593,6 +719,17 @@ class OrganizationService:
         if existing is not None:
             return existing
         return self.insert_option_value(label, entity=entity, attribute=attribute)
+
+
+def _failed(part: Sequence[BatchRequest], start: int, exc: DynamicsError, *, unknown: bool) -> list[BatchItemResult]:
+    """Every request of a batch that failed as a whole, as failed results (retryable; outcome maybe unknown)."""
+    error = exc
+    if not exc.retryable:
+        error = DynamicsError(exc.message, action="Nothing to change: the portal tries again later.",
+                              detail=exc.detail, retryable=True)
+        error.code = exc.code
+    error.outcome_unknown = unknown
+    return [BatchItemResult(start + i, False, None, error) for i in range(len(part))]
 
 
 def find_option_value(options: Iterable[OptionMetadata], label: str) -> int | None:

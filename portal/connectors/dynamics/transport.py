@@ -7,6 +7,7 @@ import logging
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,10 +53,20 @@ class ConnectionConfig:
     verify_tls: bool = True
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    # Every exchange ends within total_timeout, however the server drips its answer (a per-read timeout alone
+    # never ends a server that sends one byte every few seconds).
+    total_timeout: float = 120.0
+    # An ExecuteMultiple batch may take long (plug-ins, workflows): its deadline grows with its size.
+    batch_base_seconds: float = 60.0
+    batch_record_seconds: float = 0.3
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     allowed_networks: tuple[IPNetwork, ...] = ()
     allowed_endpoints: tuple[Endpoint, ...] = ()
     user_agent: str = DEFAULT_USER_AGENT
+
+    def batch_deadline(self, size: int) -> float:
+        """Seconds allowed for an ExecuteMultiple batch of `size` requests."""
+        return self.batch_base_seconds + self.batch_record_seconds * max(0, size)
 
     @property
     def ntlm_user(self) -> str:
@@ -139,12 +150,41 @@ def _peer_ip(sock: socket.socket) -> str:
     return str(sock.getpeername()[0]).split("%", 1)[0]
 
 
+class _InUse:
+    """The HTTP connection each thread is using right now, so that a watchdog can cut it at its deadline."""
+
+    def __init__(self) -> None:
+        self._by_thread: dict[int, Any] = {}
+
+    def set(self, conn: Any) -> None:
+        """Remember the calling thread's connection."""
+        self._by_thread[threading.get_ident()] = conn
+
+    def forget(self) -> None:
+        """The calling thread is done with its connection."""
+        self._by_thread.pop(threading.get_ident(), None)
+
+    def cut(self, ident: int) -> None:
+        """Shut the socket of a thread's connection down: its blocked read returns at once."""
+        sock = getattr(self._by_thread.get(ident), "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+_IN_USE = _InUse()
+
+
 def _make_pool_classes(allowed: Sequence[IPNetwork],
                        endpoints: Sequence[Endpoint] = ()) -> dict[str, type[HTTPConnectionPool]]:
     """Pool classes whose connections check the address they actually connected to (DNS rebinding)."""
 
     class _PeerCheckMixin:
         host: str
+
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            _IN_USE.set(self)
+            return super().request(*args, **kwargs)  # type: ignore[misc]
 
         def _new_conn(self) -> socket.socket:
             sock = super()._new_conn()  # type: ignore[misc]
@@ -217,7 +257,11 @@ def map_request_exception(exc: Exception, url: str) -> DynamicsError:
     if _find_cause(exc, ConnectionRefusedError) or "Connection refused" in str(exc):
         return UnreachableError(f"{host} refused the connection.", detail=str(exc)[:500])
     if isinstance(exc, requests.exceptions.ConnectionError | OSError):
-        return UnreachableError(f"The connection to {host} failed.", detail=str(exc)[:500])
+        error = UnreachableError(f"The connection to {host} failed.", detail=str(exc)[:500])
+        # The server closed a connection we had kept alive (IIS's idle timeout), or dropped it mid-answer.
+        error.connection_lost = bool(_find_cause(exc, ConnectionResetError) or _find_cause(exc, BrokenPipeError)
+                                     or "Connection aborted" in str(exc) or "RemoteDisconnected" in str(exc))
+        return error
     return DynamicsError(f"The request to {host} failed: {type(exc).__name__}.", detail=str(exc)[:500])
 
 
@@ -226,6 +270,8 @@ class Transport:
 
     def __init__(self, config: ConnectionConfig, session: requests.Session | None = None) -> None:
         self.config = config
+        # A moment (time.monotonic) after which no exchange may run: a connection test's overall budget.
+        self.until: float | None = None
         self.requests_sent = 0
         self.handshakes = 0
         self.authenticated = False
@@ -256,34 +302,69 @@ class Transport:
         *,
         headers: Mapping[str, str] | None = None,
         data: bytes | None = None,
+        deadline: float | None = None,
     ) -> HttpResponse:
-        """Send one logical request (NTLM legs included) and return the capped, fully read response."""
+        """Send one logical request (NTLM legs included) and return the capped, fully read response.
+
+        The whole exchange ends within `deadline` seconds (default: the config's total_timeout), also when the
+        server answers one byte at a time: a watchdog then cuts the connection.
+        """
         check_url(url, self.config.allowed_networks, self.config.allowed_endpoints)
-        self.requests_sent += 1
         started = time.monotonic()
+        budget = self.config.total_timeout if deadline is None else deadline
+        if self.until is not None:
+            budget = min(budget, self.until - started)
+        host = urlsplit(url).hostname or url
+        if budget <= 0:
+            raise RequestTimeoutError(f"The time allowed for talking to {host} is over.")
+        self.requests_sent += 1
+        read_timeout = max(self.config.read_timeout, budget) if deadline is not None else self.config.read_timeout
+        cut = threading.Event()
+        ident = threading.get_ident()
+
+        def on_deadline() -> None:
+            cut.set()
+            _IN_USE.cut(ident)
+
+        watchdog = threading.Timer(budget, on_deadline)
+        watchdog.daemon = True
+        watchdog.start()
         try:
-            resp = self.session.request(
-                method,
-                url,
-                headers=dict(headers or {}),
-                data=data,
-                timeout=(self.config.connect_timeout, self.config.read_timeout),
-                allow_redirects=False,
-                stream=True,
-            )
-        except DynamicsError:
+            try:
+                resp = self.session.request(
+                    method,
+                    url,
+                    headers=dict(headers or {}),
+                    data=data,
+                    timeout=(self.config.connect_timeout, min(read_timeout, budget + 1)),
+                    allow_redirects=False,
+                    stream=True,
+                )
+            except DynamicsError:
+                raise
+            except PermissionError as exc:
+                # requests-ntlm raises this when the server's 401 carries no NTLM challenge.
+                raise AuthFailedError(
+                    "The CRM did not complete the Windows (NTLM) sign-in.", detail=str(exc)
+                ) from exc
+            except (requests.exceptions.RequestException, OSError) as exc:
+                raise map_request_exception(exc, url) from exc
+            try:
+                content = self._read_capped(resp, url)
+            finally:
+                resp.close()
+        except DynamicsError as exc:
+            if cut.is_set() and not isinstance(exc, RequestTimeoutError):
+                raise RequestTimeoutError(
+                    f"{host} did not finish answering within {budget:.0f} s.", detail=exc.message
+                ) from exc
             raise
-        except PermissionError as exc:
-            # requests-ntlm raises this when the server's 401 carries no NTLM challenge.
-            raise AuthFailedError(
-                "The CRM did not complete the Windows (NTLM) sign-in.", detail=str(exc)
-            ) from exc
-        except (requests.exceptions.RequestException, OSError) as exc:
-            raise map_request_exception(exc, url) from exc
-        try:
-            content = self._read_capped(resp, url)
         finally:
-            resp.close()
+            watchdog.cancel()
+            _IN_USE.forget()
+        if cut.is_set():
+            # Cut mid-answer, http.client may take what it had for a whole (empty) answer: it is not one.
+            raise RequestTimeoutError(f"{host} did not finish answering within {budget:.0f} s.")
         elapsed = time.monotonic() - started
         if any(r.status_code == 401 for r in resp.history):
             self.handshakes += 1

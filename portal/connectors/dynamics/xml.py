@@ -134,6 +134,10 @@ class OptionMetadata:
         return self.user_label or self.labels.get(1033) or next(iter(self.labels.values()), None)
 
 
+class EntityFilters(str):
+    """An md:EntityFilters value ("Entity", "Attributes", "All"...) for RetrieveEntity."""
+
+
 @dataclass
 class SoapFault:
     """A parsed SOAP 1.1 or 1.2 fault."""
@@ -152,7 +156,7 @@ class SoapFault:
         if self.has_service_fault:
             details = " ".join(f"{k}={v}" for k, v in self.error_details.items())
             raw = f"{self.raw} {details}".strip() if details else self.raw
-            return error_from_fault(self.error_code, self.message or self.reason, raw)
+            return error_from_fault(self.error_code, self.message or self.reason, raw, self.error_details)
         code = (self.code or "").rsplit(":", 1)[-1].lower()
         if "internalservicefault" in (self.subcode or "").lower() or code in ("receiver", "server"):
             return ServerError(f"The CRM reported an internal error: {self.reason}", detail=self.raw)
@@ -538,11 +542,25 @@ def set_nil(el: etree._Element) -> None:
     el.set(q(XSI, "nil"), "true")
 
 
+# Characters XML 1.0 forbids: C0 controls other than tab, newline and carriage return; lone surrogates; U+FFFE/F.
+_NOT_XML_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_NOT_XML_OTHER = re.compile("[\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_safe(text: str) -> str:
+    """Text that XML 1.0 can carry: a control character becomes a space, a lone surrogate U+FFFD.
+
+    A value stored before the portal refused such characters must not break the batch it travels in.
+    """
+    text = _NOT_XML_CONTROL.sub(" ", text)
+    return _NOT_XML_OTHER.sub("\ufffd", text)
+
+
 def sub(parent: etree._Element, ns: str, local: str, text: str | None = None) -> etree._Element:
-    """Append a child element in a namespace, with optional text (escaped by lxml)."""
+    """Append a child element in a namespace, with optional text (escaped by lxml, made XML-safe)."""
     el = etree.SubElement(parent, q(ns, local))
     if text is not None:
-        el.text = text
+        el.text = xml_safe(text)
     return el
 
 
@@ -582,9 +600,12 @@ def write_value(el: etree._Element, value: Any) -> etree._Element:
     elif isinstance(value, uuid.UUID):
         set_type(el, SER, "guid")
         el.text = str(value).lower()
+    elif isinstance(value, EntityFilters):
+        set_type(el, META, "EntityFilters")
+        el.text = str(value)
     elif isinstance(value, str):
         set_type(el, XSD, "string")
-        el.text = value
+        el.text = xml_safe(value)
     elif isinstance(value, OptionSetValue):
         set_type(el, XRM, "OptionSetValue")
         sub(el, XRM, "Value", str(int(value.value)))
@@ -621,7 +642,7 @@ def write_entity_reference(el: etree._Element, ref: EntityReference) -> None:
     if ref.name is None:
         set_nil(name)
     else:
-        name.text = ref.name
+        name.text = xml_safe(ref.name)
 
 
 def write_key_value(parent: etree._Element, key: str, value: Any) -> etree._Element:
@@ -659,3 +680,14 @@ def build_entity(
 def to_bytes(el: etree._Element) -> bytes:
     """Serialize an element tree as UTF-8 bytes with an XML declaration."""
     return etree.tostring(el, encoding="utf-8", xml_declaration=True)
+
+
+def parse_max_lengths(entity_metadata: etree._Element) -> dict[str, int]:
+    """MaxLength of each text attribute (String and Memo) in an md:EntityMetadata element, by logical name."""
+    lengths: dict[str, int] = {}
+    for attr in entity_metadata.iter(q(META, "AttributeMetadata")):
+        name = child_text(attr, META, "LogicalName")
+        size = _int_or_none(child_text(attr, META, "MaxLength"))
+        if name and size is not None and size > 0:
+            lengths[name] = size
+    return lengths

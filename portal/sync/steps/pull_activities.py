@@ -9,7 +9,7 @@ from ...extensions import db
 from ...platform_models import CrmActivity
 from ..context import Context, batched
 from ..gateway import LOOKUP_CHUNK
-from ..mapping import activity_values
+from ..mapping import activity_values, changed
 from ..watermarks import follow
 from .base import Step
 
@@ -44,7 +44,7 @@ class PullActivities(Step):
                 if row is None:
                     ctx.add(CrmActivity(organization_id=ctx.org_id, lead_id=lead_id, crm_id=act.id, **values))
                     c.created += 1
-                elif any(getattr(row, k) != v for k, v in values.items()):
+                elif changed(row, values):
                     ctx.assign(row, values)
                     c.updated += 1
             ctx.commit()

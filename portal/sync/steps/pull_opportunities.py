@@ -8,7 +8,7 @@ from ...extensions import db
 from ...platform_models import Lead, LeadOrigin, Opportunity, normalize_email
 from ..context import Context, batched, chunked
 from ..gateway import LOOKUP_CHUNK
-from ..mapping import opportunity_values
+from ..mapping import changed, opportunity_values
 from ..watermarks import about, follow
 from .base import Step
 
@@ -75,6 +75,6 @@ class PullOpportunities(Step):
                 row = known[opp.id] = Opportunity(organization_id=ctx.org_id, crm_id=opp.id, **values)
                 ctx.add(row)
                 c.created += 1
-            elif any(getattr(row, k) != v for k, v in values.items() if k != "estimated_value"):
+            elif changed(row, values):  # every pulled field, the estimated value too
                 ctx.assign(row, values)
                 c.updated += 1

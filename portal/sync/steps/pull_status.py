@@ -9,7 +9,7 @@ from ...models import utcnow
 from ...platform_models import Acceptance, Lead, LeadOrigin
 from ..context import Context, batched
 from ..gateway import LOOKUP_CHUNK
-from ..mapping import LEAD_STATE, lead_status, option
+from ..mapping import LEAD_STATE, changed, lead_status, option
 from ..watermarks import follow
 from .base import Step
 
@@ -36,7 +36,7 @@ class PullStatus(Step):
             leads = {ld.id: ld for ld in db.session.scalars(select(Lead).where(Lead.id.in_([x[0] for x in changes])))}
             for lead_id, state, status, label in changes:
                 lead = leads.get(lead_id)
-                if lead is None or (lead.crm_state_code, lead.crm_status_code) == (state, status):
+                if lead is None or not changed(lead, {"crm_state_code": state, "crm_status_code": status}):
                     continue
                 c.updated += 1
                 values = {"crm_state_code": state, "crm_status_code": status, "crm_status": lead_status(state, label)}
