@@ -206,3 +206,16 @@ def test_a_crm_list_name_longer_than_the_portal_keeps_is_shortened(app, seeded, 
     with app.app_context():
         kept = db.session.scalar(select(ContactList).where(ContactList.crm_list_id == value))
         assert kept is not None and kept.crm_list_name == "N" * 200
+
+
+def test_a_second_page_does_not_wait_on_a_crm_read_already_in_flight(app, seeded, client):
+    iid = seeded["integration_id"]
+    ready(app, iid)
+    with app.app_context():
+        from portal import queues
+
+        queues.redis().set(f"portal:crm-lists:{iid}:reading", "1", ex=30)
+    seeded["crm"].set_faults(latency_ms=20_000)  # a CRM this slow would hold the page for 20 s if it were asked
+    page = client.get("/lists/new")
+    assert page.status_code == 200
+    assert "being read for another page of yours" in page.text
