@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import json
+from dataclasses import asdict, dataclass
 
+from redis.exceptions import RedisError
 from sqlalchemy import func, or_, select
 
+from . import queues
 from .connectors.dynamics import DynamicsError
 from .extensions import db
 from .models import CrmIntegration
@@ -13,6 +17,9 @@ from .platform_models import ContactList, ContactListMember, Lead
 from .sync.steps.contact_lists import CrmList, live_marketing_lists
 
 MEMBERS_PER_PAGE = 50
+
+LIST_READ_SECONDS = 90  # the longest one read of the CRM's lists may hold the lock
+LIST_CACHE_SECONDS = 120  # how long a read of the CRM's lists serves the form
 
 
 @dataclass
@@ -58,10 +65,31 @@ def crm_lists(integration: CrmIntegration) -> tuple[list[CrmList], str | None]:
     refusal = integration.connection_refusal()
     if refusal:
         return [], refusal
+    # A web request must not wait on a slow CRM more than once at a time: one read per integration is in flight,
+    # and what it found is kept briefly for the form's next pages (a POST, a second tab, a refresh).
+    key = f"portal:crm-lists:{integration.id}"
     try:
-        return live_marketing_lists(integration), None
+        conn = queues.redis()
+        cached = conn.get(key)
+        if cached is not None:
+            return [CrmList(**item) for item in json.loads(cached)], None
+        if not conn.set(f"{key}:reading", "1", nx=True, ex=LIST_READ_SECONDS):
+            return [], ("Your CRM's marketing lists are being read for another page of yours. "
+                        "What to do: refresh this page in a moment.")
+    except RedisError:
+        conn = None
+    try:
+        found = live_marketing_lists(integration)
     except DynamicsError as exc:
         return [], f"The CRM's marketing lists could not be read: {exc.message} What to do: {exc.action}"
+    finally:
+        if conn is not None:
+            with contextlib.suppress(RedisError):
+                conn.delete(f"{key}:reading")
+    if conn is not None:
+        with contextlib.suppress(RedisError):
+            conn.set(key, json.dumps([asdict(item) for item in found]), ex=LIST_CACHE_SECONDS)
+    return found, None
 
 
 def made_from(organization_id: int, crm_list_id: str) -> ContactList | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +26,7 @@ from .platform_models import (
     OutboxEmail,
     normalize_email,
 )
-from .validation import email_problem
+from .validation import ROW_ID_MAX, email_problem
 
 log = logging.getLogger(__name__)
 
@@ -223,11 +224,14 @@ def partner_by_ref(supplier: Organization, ref: object) -> Organization | None:
     """One of the supplier's partners, named by id or by name; None for anyone else (no hint they exist)."""
     query = (select(Organization).join(partner_suppliers, partner_suppliers.c.partner_id == Organization.id)
              .where(partner_suppliers.c.supplier_id == supplier.id))
+    if isinstance(ref, str) and re.fullmatch(r"[0-9]{1,10}", ref.strip()):
+        ref = int(ref.strip())
     if isinstance(ref, int) and not isinstance(ref, bool):
+        if not 1 <= ref <= ROW_ID_MAX:  # no row has it, and the database would refuse to compare it
+            return None
         query = query.where(Organization.id == ref)
     elif isinstance(ref, str) and ref.strip():
-        ref = ref.strip()
-        query = query.where(Organization.id == int(ref)) if ref.isdigit() else query.where(Organization.name == ref)
+        query = query.where(Organization.name == ref.strip())
     else:
         return None
     return db.session.scalar(query)

@@ -16,6 +16,7 @@ _LINE_BREAKS = re.compile(r"[\t\r\n]")
 _LOCAL_PART = re.compile(r"^(?!\.)(?!.*\.\.)[^\s@\"(),:;<>\[\]\\]{1,64}(?<!\.)$")
 _DOMAIN_LABEL = re.compile(r"^[^\W_](?:[^\W_]|-){0,62}(?<!-)$")
 EMAIL_MAX = 320
+ROW_ID_MAX = 2**31 - 1  # the largest id an INTEGER column (SQLite and PostgreSQL alike) lets a row have
 
 
 def text_problem(value: str, *, multiline: bool = True) -> str | None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from flask import request
 from werkzeug.routing import IntegerConverter
 
-# Every id column is a 32-bit INTEGER on PostgreSQL: a larger number in a path or query cannot name a row,
-# and handed to the database it fails the whole statement.
-DB_INT_MAX = 2**31 - 1
+from ..validation import ROW_ID_MAX
+
+# A larger number in a path or query cannot name a row, and handed to the database it fails the statement.
+DB_INT_MAX = ROW_ID_MAX
 
 
 class RowIdConverter(IntegerConverter):

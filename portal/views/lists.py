@@ -11,6 +11,7 @@ from ..access import admin_required
 from ..extensions import db
 from ..forms import ContactListForm
 from ..models import CrmIntegration, audit, integration_for
+from . import page_arg
 
 bp = Blueprint("lists", __name__, url_prefix="/lists")
 
@@ -89,7 +90,7 @@ def detail(list_id: int):
     if found is None:
         abort(404)
     search = request.args.get("q", "")
-    page = request.args.get("page", 1, type=int) or 1
+    page = page_arg()
     members = contact_lists.members(found, search, page)
     return render_template("lists/detail.html", contact_list=found, members=members, search=search,
                            importing=found.last_synced_at is None and found.crm_missing_at is None)

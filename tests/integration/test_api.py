@@ -374,3 +374,12 @@ def test_pushed_lead_appears_in_the_sandbox_crm(app, client, factory, connected)
         assert run.status.value == "finished", run.message
     records = crm.records("lead", email=email)
     assert len(records) == 1 and records[0].get("lastname") == "Park"
+
+
+@pytest.mark.parametrize("ref", [99999999999999999999, "99999999999999999999", "\u00b2", "9" * 5000])
+def test_a_partner_reference_no_row_can_have_is_no_partner(app, client, tenants, ref):
+    headers = {"Authorization": f"Bearer {tenants['supplier_token']}"}
+    resp = client.post("/api/v1/distributions", headers=headers,
+                       json={"partner": ref, "lead": {"email": "a@b.example"}})
+    assert 400 <= resp.status_code < 500
+    assert client.get("/api/v1/distributions", headers=headers, query_string={"partner": str(ref)}).status_code < 500

@@ -181,3 +181,41 @@ def test_another_organization_never_sees_a_list(app, seeded, factory):
 def test_without_a_tested_connection_the_form_says_why(app, seeded, client):
     page = client.get("/lists/new")
     assert page.status_code == 200 and "Test the connection first" in page.text
+
+
+def test_a_page_number_beyond_any_real_page_is_not_an_error(app, seeded, client):
+    ready(app, seeded["integration_id"])
+    with app.app_context():
+        row = ContactList(organization_id=seeded["org_id"], name="L", crm_list_id="x", crm_list_name="x")
+        db.session.add(row)
+        db.session.commit()
+        list_id = row.id
+    for page in ("99999999999999999999", "9223372036854775807"):
+        assert client.get(f"/lists/{list_id}?page={page}").status_code == 200
+
+
+def test_a_crm_list_name_longer_than_the_portal_keeps_is_shortened(app, seeded, client, auth):
+    ready(app, seeded["integration_id"])
+    seeded["crm"].insert_records("list", [{"listname": "N" * 300, "type": False, "createdfromcode": 2,
+                                           "statecode": 0}])
+    page = client.get("/lists/new")
+    value = next(v for v, label in re.findall(r'<option value="([^"]+)"[^>]*>([^<]+)</option>', page.text)
+                 if label.startswith("NNN"))
+    resp = client.post("/lists/new", data={"csrf_token": auth.token(), "crm_list_id": value, "name": "Long"})
+    assert resp.status_code in (200, 302, 303)
+    with app.app_context():
+        kept = db.session.scalar(select(ContactList).where(ContactList.crm_list_id == value))
+        assert kept is not None and kept.crm_list_name == "N" * 200
+
+
+def test_a_second_page_does_not_wait_on_a_crm_read_already_in_flight(app, seeded, client):
+    iid = seeded["integration_id"]
+    ready(app, iid)
+    with app.app_context():
+        from portal import queues
+
+        queues.redis().set(f"portal:crm-lists:{iid}:reading", "1", ex=30)
+    seeded["crm"].set_faults(latency_ms=20_000)  # a CRM this slow would hold the page for 20 s if it were asked
+    page = client.get("/lists/new")
+    assert page.status_code == 200
+    assert "being read for another page of yours" in page.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from lxml import etree
@@ -19,6 +20,8 @@ from ..people import import_people
 from .base import Step, pull_contacts_off
 
 MEMBER_OF = {2: "contact", 4: "lead"}  # the list's createdfromcode -> its members' entity (accounts, 1: never)
+GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+NAME_MAX = ContactList.crm_list_name.type.length  # a CRM list may carry a longer name than the portal keeps
 LIST_COLUMNS = ["listid", "listname", "type", "createdfromcode", "query", "membercount"]
 
 
@@ -45,7 +48,10 @@ def read_marketing_lists(gateway) -> list[CrmList]:
         member = MEMBER_OF.get(code.value if isinstance(code, OptionSetValue) else code)
         if member is None:
             continue
-        found.append(CrmList(id=rec.id, name=attrs.get("listname") or "CRM list", member_type=member,
+        if not GUID.fullmatch(str(rec.id or "")):
+            continue  # not an id the CRM gives its records: nothing the portal could keep or ask for again
+        name = (attrs.get("listname") or "CRM list")[:NAME_MAX]
+        found.append(CrmList(id=rec.id, name=name, member_type=member,
                              dynamic=bool(attrs.get("type")), member_count=int(attrs.get("membercount") or 0),
                              query=attrs.get("query") or ""))
     return sorted(found, key=lambda crm_list: crm_list.name.lower())
