@@ -96,6 +96,10 @@ class SandboxApp:
         self.injector = Injector()
         self.stats: Counter[str] = Counter()
         self.stats_lock = threading.Lock()
+        from .online import Identity
+
+        self.identity = Identity()
+        self.identity.reset()
         if seed:
             from .seed import seed as run_seed
 
@@ -289,6 +293,7 @@ class SandboxApp:
             self.store.wipe()
             self.crm.ensure_org()
             self.set_faults({}, replace=True)
+            self.identity.reset()
             with self.stats_lock:
                 self.stats.clear()
             if payload.get("seed"):
@@ -311,9 +316,20 @@ class SandboxApp:
                     "ntlm_401": counts.get("ntlm:401", 0),
                     "ntlm_failed": counts.get("ntlm:failed", 0),
                     "claims_redirects": counts.get("claims_redirect", 0),
+                    "tokens_issued": counts.get("token:issued", 0),
+                    "bearer_401": sum(v for k, v in counts.items() if k.startswith("bearer:401")),
+                    "writes": {k[6:]: v for k, v in counts.items() if k.startswith("write:")},
                     "records": self.store.counts(),
                 },
             )
+        if path == "apps" and method == "POST":
+            app = self.identity.register(payload)
+            return _json(200, {"tenant_id": app.tenant_id, "client_id": app.client_id, "app_user": app.app_user})
+        if path == "apps":
+            with self.identity.lock:
+                apps = [{"tenant_id": a.tenant_id, "client_id": a.client_id, "app_user": a.app_user}
+                        for a in self.identity.apps.values()]
+            return _json(200, {"apps": apps})
         if path == "platform-option" and method == "POST":
             value = self.crm.set_platform_option(bool(payload.get("present", True)))
             return _json(200, {"present": value is not None, "value": value})
@@ -354,7 +370,7 @@ class SandboxApp:
         # A shared every_nth applies to whichever ratio-style faults were named in the same call.
         nth = values.pop("every_nth", None)
         if nth:
-            for name in ("busy", "http500", "drop"):
+            for name in ("busy", "http500", "drop", "throttle"):
                 if payload.get(f"{name}_ratio"):
                     values[f"{name}_every_nth"] = int(nth)
         missing = values.get("missing_privilege") or []
