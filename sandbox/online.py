@@ -74,17 +74,16 @@ class App:
     certificate_pem: str = ""
     app_user: bool = True
 
-    @property
-    def thumbprint(self) -> str | None:
-        """The certificate's SHA-1 thumbprint, base64url as in a JWT x5t header."""
+    def thumbprints(self) -> set[str]:
+        """The certificate's SHA-1 (x5t) and SHA-256 (x5t#S256) thumbprints, base64url without padding."""
         if not self.certificate_pem:
-            return None
+            return set()
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
 
         cert = x509.load_pem_x509_certificate(self.certificate_pem.encode())
-        digest = cert.fingerprint(hashes.SHA1())  # noqa: S303 - what x5t is
-        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+        return {base64.urlsafe_b64encode(cert.fingerprint(h)).decode().rstrip("=")
+                for h in (hashes.SHA1(), hashes.SHA256())}  # noqa: S303 - what x5t is
 
 
 @dataclass
@@ -302,7 +301,8 @@ class OnlineApp:
             except (jwt.PyJWTError, ValueError) as exc:
                 return {"error": "invalid_client", "error_codes": [700027],
                         "error_description": f"AADSTS700027: Client assertion failed signature validation. ({exc})"}
-            if header.get("x5t") != app.thumbprint and not header.get("x5t#S256"):
+            named = {str(header.get(k) or "").rstrip("=") for k in ("x5t", "x5t#S256")} - {""}
+            if not named & app.thumbprints():
                 return {"error": "invalid_client", "error_codes": [700027],
                         "error_description": "AADSTS700027: The certificate with thumbprint in x5t is not "
                                              "registered for the app."}
@@ -337,12 +337,12 @@ class OnlineApp:
             return _api_error(403, "The user is not a member of the organization.", E_NOT_MEMBER)
         user = self.crm.user_for(f"APP\\{app.client_id}")
         faults = self.crm.faults
-        if faults.latency_ms:
-            time.sleep(faults.latency_ms / 1000)
         with self.lock:
             self.in_flight += 1
             over = bool(faults.max_concurrent_requests) and self.in_flight > faults.max_concurrent_requests
         try:
+            if faults.latency_ms:
+                time.sleep(faults.latency_ms / 1000)
             if over:
                 self.sandbox.count("fault:throttle")
                 return self._throttled(E_CONCURRENCY)

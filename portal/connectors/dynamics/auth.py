@@ -213,7 +213,7 @@ class _GuardedHttpClient:
 def _certificate_credential(pem: str) -> dict[str, str]:
     """MSAL's certificate credential from a PEM holding a private key and its certificate."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
 
     try:
         cert = x509.load_pem_x509_certificate(pem.encode())
@@ -221,8 +221,8 @@ def _certificate_credential(pem: str) -> dict[str, str]:
         raise CertificateError("The certificate PEM holds no readable certificate.") from exc
     if "PRIVATE KEY-----" not in pem:
         raise CertificateError("The certificate PEM holds no private key.")
-    return {"private_key": pem, "thumbprint": cert.fingerprint(hashes.SHA1()).hex(),  # noqa: S303 - Entra's x5t
-            "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode()}
+    # Without a "thumbprint", MSAL signs with PS256 and names the certificate by its SHA-256 thumbprint.
+    return {"private_key": pem, "public_certificate": cert.public_bytes(serialization.Encoding.PEM).decode()}
 
 
 class TokenProvider:
@@ -270,9 +270,10 @@ class TokenProvider:
             raise
         except ValueError as exc:
             text = str(exc)
-            if "AADSTS90002" in text or "400" in text or "404" in text:
+            # MSAL reads the tenant's OpenID configuration first: an unknown tenant fails there.
+            if "AADSTS90002" in text or "Unable to get" in text or "tenant" in text.lower():
                 raise TenantNotFoundError(detail=text[:300]) from exc
-            if "https" in text:
+            if "should be of the form https" in text:
                 raise TenantNotFoundError("The sign-in address must be https.", detail=text[:300]) from exc
             raise AuthFailedError(f"The sign-in could not start: {text[:200]}", detail=text[:300]) from exc
         return self._app

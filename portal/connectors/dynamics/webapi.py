@@ -327,6 +327,8 @@ def batch_body(boundary: str, base_path: str, operations: Sequence[tuple[str, st
     for index, (method, path, body) in enumerate(operations, start=1):
         lines += [f"--{boundary}", "Content-Type: application/http", "Content-Transfer-Encoding: binary",
                   f"Content-ID: {index}", "", f"{method} {base_path}{path} HTTP/1.1"]
+        if method == "PATCH":
+            lines.append("If-Match: *")  # an update never creates a record that was deleted meanwhile
         if body is not None:
             lines += ["Content-Type: application/json; type=entry", "", json.dumps(body, separators=(",", ":"))]
         else:
