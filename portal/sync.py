@@ -32,7 +32,9 @@ from .connectors.dynamics.errors import (
     ServerError,
     UnreachableError,
 )
+from .connectors.dynamics.factory import open_service
 from .connectors.dynamics.soap import BatchItemResult, CreateRequest, UpdateRequest, fetch_xml
+from .connectors.dynamics.webapi import WebApiService
 from .connectors.dynamics.xml import EntityReference, Money, OptionSetValue
 from .extensions import db
 from .health import record_failure, record_success
@@ -121,14 +123,14 @@ class CrmGateway:
         self._pool: ThreadPoolExecutor | None = None  # kept: its threads keep their authenticated sessions
         self.busy_events = 0
 
-    def service(self) -> OrganizationService:
-        """This thread's Organization Service (NTLM authenticates a connection, so each lane has its own)."""
+    def service(self) -> OrganizationService | WebApiService:
+        """This thread's service, of the connection's kind (NTLM authenticates a connection: one per lane)."""
         svc = getattr(self._local, "svc", None)
         if svc is None:
-            transport = Transport(self.config)
+            svc, transport = open_service(self.config)
             with self._lock:
                 self._transports.append(transport)
-            svc = self._local.svc = OrganizationService(transport)
+            self._local.svc = svc
         return svc
 
     @property
