@@ -100,6 +100,7 @@ class SandboxApp:
 
         self.identity = Identity()
         self.identity.reset()
+        self._add_app_users()
         if seed:
             from .seed import seed as run_seed
 
@@ -294,6 +295,7 @@ class SandboxApp:
             self.crm.ensure_org()
             self.set_faults({}, replace=True)
             self.identity.reset()
+            self._add_app_users()
             with self.stats_lock:
                 self.stats.clear()
             if payload.get("seed"):
@@ -324,6 +326,7 @@ class SandboxApp:
             )
         if path == "apps" and method == "POST":
             app = self.identity.register(payload)
+            self._add_app_users()
             return _json(200, {"tenant_id": app.tenant_id, "client_id": app.client_id, "app_user": app.app_user})
         if path == "apps":
             with self.identity.lock:
@@ -357,6 +360,13 @@ class SandboxApp:
             records = [{ent.primary_id: rid, "_entity": stored, **data} for stored, rid, data in result.rows]
             return _json(200, {"records": records, "count": len(records)})
         return _json(404, {"error": f"unknown control path '{path}'"})
+
+    def _add_app_users(self) -> None:
+        """Each registered app with an application user has its systemuser, as an administrator would add it."""
+        with self.identity.lock:
+            clients = [a.client_id for a in self.identity.apps.values() if a.app_user]
+        for client in clients:
+            self.crm.user_for(f"APP\\{client}")
 
     def set_faults(self, payload: dict[str, Any], replace: bool = False) -> dict[str, Any]:
         """Replace or merge the injected faults."""
