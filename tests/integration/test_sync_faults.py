@@ -20,6 +20,7 @@ from .sync_helpers import (
     make_leads,
     note_refs,
     run_steps,
+    use_online,
     wait_for,
 )
 
@@ -124,6 +125,28 @@ def test_busy_reads_and_writes_slow_down_and_finish(app, ready):
     run = run_steps(app, iid, ["push_marketing_leads"])
     assert run["status"] == "finished", run
     assert set(emails_in_crm(crm).values()) == {1} and len(emails_in_crm(crm)) == 20
+
+
+def test_online_run_with_a_fifth_of_answers_429_completes_with_every_record_once(app, ready):
+    """Dynamics 365 online: service protection limits are waited out (Retry-After), never failed records."""
+    crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
+    use_online(app, ready)
+    configure(app, iid, marketing_automation=True, lead_distribution=True, ld_sync_supplier_leads=True,
+              event_types=["email_click"])
+    marketing = make_leads(app, org, 3000, prefix="tm", events=("email_click",))
+    distributed = make_leads(app, org, 300, origin=LeadOrigin.distributed, prefix="td",
+                             events=("email_click", "email_open"))
+    crm.set_faults(throttle_ratio=0.2, every_nth=5, throttle_retry_after=1)  # every fifth request: 429
+    run = run_steps(app, iid, ["push_marketing_leads", "push_distributed_leads", "push_events"])
+    throttled = crm.stats()["faults"].get("throttle", 0)
+    crm.clear_faults()
+    assert run["status"] == "finished", run
+    assert throttled >= 2  # a fifth of the requests were refused, and the run still finished
+    assert failures(app, iid) == []
+    counts = emails_in_crm(crm)
+    assert len(counts) == 3300 and set(counts.values()) == {1}
+    refs = note_refs(crm)
+    assert set(refs) == set(event_ids(app, marketing + distributed)) and set(refs.values()) == {1}
 
 
 def test_auth_failure_stops_the_run_and_switches_off_after_the_limit(app, ready):
