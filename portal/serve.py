@@ -16,14 +16,14 @@ from .embedded import EmbeddedRedis, free_port
 log = logging.getLogger("portal.serve")
 
 
-def _wait_http(url: str, timeout: float = 20.0) -> None:
+def _wait_http(url: str, timeout: float = 20.0, verify: str | bool = True) -> None:
     """Wait until a URL answers at all (any status)."""
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            requests.get(url, timeout=0.5, allow_redirects=False).close()
+            requests.get(url, timeout=0.5, allow_redirects=False, verify=verify).close()
             return
         except requests.RequestException:
             time.sleep(0.05)
@@ -69,24 +69,38 @@ def main(argv: list[str] | None = None) -> int:
             from sandbox.testing import DOMAIN, PASSWORD, USERNAME
 
             port = int(env.get("SANDBOX_PORT", "0")) or _port_or_free(5555)
+            tls_port = int(env.get("SANDBOX_TLS_PORT", "0")) or _port_or_free(5556)
             data = inst / "sandbox"
             children.append(subprocess.Popen(  # noqa: S603 - our own module
                 [sys.executable, "-m", "sandbox", "--port", str(port), "--data-dir", str(data), "--seed",
-                 "--platform-option"],
+                 "--platform-option", "--tls-port", str(tls_port)],
                 cwd=PROJECT_ROOT, env=env,
             ))
             base = f"http://127.0.0.1:{port}"
             _wait_http(base + "/_sandbox/faults")
+            from sandbox.online import CLIENT_ID, CLIENT_SECRET, TENANT_ID
+
+            online = f"https://127.0.0.1:{tls_port}"
+            _wait_http(online + "/api/data/v9.2/", verify=str(data / "tls-cert.pem"))
             sandbox = {
                 "org_url": f"{base}/demo/XRMServices/2011/Organization.svc/web",
                 "odata_url": f"{base}/demo/api/data/v8.2/",
                 "username": USERNAME, "domain": DOMAIN, "password": PASSWORD,
+                "environment_url": online, "tenant_id": TENANT_ID, "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
             }
+            if not env.get("CRM_AUTHORITY_HOST"):
+                # The sandbox stands in for Microsoft Entra ID, with a certificate of its own.
+                env["CRM_AUTHORITY_HOST"] = online
+                env.setdefault("CRM_CA_BUNDLE", str(data / "tls-cert.pem"))
+                print(f"* CRM_AUTHORITY_HOST={online}: the sandbox signs Dynamics 365 online connections in")
             if not env.get("CRM_ALLOWED_NETWORKS"):
                 # The demo CRM runs on this machine; real deployments leave loopback refused.
                 env["CRM_ALLOWED_NETWORKS"] = "127.0.0.0/8,::1/128"
                 print("* CRM_ALLOWED_NETWORKS=127.0.0.0/8,::1/128 so the portal may reach the local sandbox CRM")
             print(f"* Sandbox CRM: {sandbox['org_url']} (user {DOMAIN}\\{USERNAME})")
+            print(f"* Sandbox Dynamics 365 online: {online} (tenant {TENANT_ID}, client {CLIENT_ID}); the demo "
+                  "partner has both kinds saved: choose the kind under CRM Connection Settings")
         os.environ.update(env)
 
         from . import create_app

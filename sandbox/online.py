@@ -369,10 +369,11 @@ class OnlineApp:
                           [("Retry-After", retry)])
 
     def operation(self, method: str, sub: str, query: str, headers: dict[str, str], body: bytes, user: User,
-                  root: str) -> Response:
-        """One Web API operation (on its own or inside a $batch)."""
+                  root: str, inner: bool = False) -> Response:
+        """One Web API operation (on its own, or inside a $batch: then counted apart from HTTP requests)."""
         base = f"{root}/{API}"
-        self.sandbox.count(f"op:webapi9:{method}:{sub.split('(')[0] or 'service'}")
+        kind = "batchop" if inner else "op"
+        self.sandbox.count(f"{kind}:webapi9:{method}:{sub.split('(')[0] or 'service'}")
         try:
             if method == "GET":
                 return self._get(sub, query, headers, base, user)
@@ -538,7 +539,7 @@ class OnlineApp:
             path = path.split(marker, 1)[1]
         headers = {"prefer": part["headers"].get("prefer", prefer), "if-match": part["headers"].get("if-match", ""),
                    "if-none-match": part["headers"].get("if-none-match", "")}
-        return self.operation(part["method"], unquote(path), url.query, headers, part["body"], user, root)
+        return self.operation(part["method"], unquote(path), url.query, headers, part["body"], user, root, True)
 
     def _changeset(self, parts: list[dict[str, Any]], user: User, root: str) -> tuple[bytes, bool]:
         """All or nothing: the first failure rolls back the set and is its only answer."""
