@@ -225,6 +225,8 @@ class CrmIntegration(db.Model):
     @property
     def label(self) -> str:
         """The CRM's name as the listing shows it."""
+        if self.kind == catalog.DYNAMICS and self.is_online:
+            return "Microsoft Dynamics 365 (online)"
         return catalog.CRM_KINDS.get(self.kind, self.kind)
 
     @property
