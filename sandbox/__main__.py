@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tls_port:
         from .online import CLIENT_ID, CLIENT_SECRET, TENANT_ID, OnlineApp, serve_tls
 
-        serve_tls(OnlineApp(app), host, args.tls_port, data_dir, threads=args.threads)
+        serve_tls(OnlineApp(app), host, args.tls_port, data_dir)
         print(f"Online environment:   https://{shown}:{args.tls_port} (authority https://{shown}:{args.tls_port}, "
               f"tenant {TENANT_ID}, client {CLIENT_ID}, secret {CLIENT_SECRET}, CA {data_dir / 'tls-cert.pem'})",
               flush=True)

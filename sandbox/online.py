@@ -672,7 +672,7 @@ def _multipart(boundary: str, parts: list[bytes]) -> bytes:
     return out + b"--" + boundary.encode() + b"--\r\n"
 
 
-def serve_tls(app: OnlineApp, host: str, port: int, data_dir: Path, threads: int = 16) -> Any:
+def serve_tls(app: OnlineApp, host: str, port: int, data_dir: Path) -> Any:
     """Start the TLS server of the online mode in a background thread; returns the server."""
     import logging
     import ssl

@@ -352,3 +352,16 @@ def test_config_repr_hides_secrets() -> None:
     assert "s3cr3t-value" not in repr(cfg) and "PRIVATE" not in repr(cfg)
     assert cfg.scope == "https://org.crm4.dynamics.com/.default"
     assert dataclasses.replace(cfg, client_secret="other").fingerprint() != cfg.fingerprint()
+
+
+def test_secrets_and_tokens_never_reach_the_logs(caplog) -> None:
+    import logging
+
+    from portal.connectors.dynamics.auth import redact_oauth
+
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("msal.application").debug("POST body: client_id=c&client_secret=s3cr3t-value&scope=x")
+    logging.getLogger("portal.connectors.dynamics").info('answer {"access_token": "eyJ0eXAi.abc", "expires_in": 1}')
+    assert "s3cr3t-value" not in caplog.text and "eyJ0eXAi" not in caplog.text
+    assert caplog.text.count("[redacted]") == 2
+    assert redact_oauth("client_assertion=aaa.bbb.ccc") == "client_assertion=[redacted]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,37 @@ from .transport import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_USER_AGENT, GuardedAd
 from .urlguard import IPNetwork, check_url
 
 log = logging.getLogger("portal.connectors.dynamics")
+
+_OAUTH_SECRET_RE = re.compile(
+    r"(?i)(client_secret|client_assertion|access_token|refresh_token|id_token)([\"']?\s*[:=]\s*[\"']?)"
+    r"([^\s\"'&,;}]+)"
+)
+
+
+def redact_oauth(text: str) -> str:
+    """Blank out client secrets, assertions and tokens in a text (form bodies, JSON, reprs)."""
+    return _OAUTH_SECRET_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
+
+
+class OAuthRedactingFilter(logging.Filter):
+    """A logging filter that keeps OAuth secrets and tokens out of every record passing through it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message with secrets removed."""
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken format string must not stop logging
+            return True
+        cleaned = redact_oauth(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+# MSAL and urllib3 log at DEBUG what they send; a record made on a logger only meets that logger's filters.
+for _name in ("portal.connectors.dynamics", "msal", "msal.application", "msal.authority", "msal.oauth2cli",
+              "msal.token_cache", "urllib3.connectionpool"):
+    logging.getLogger(_name).addFilter(OAuthRedactingFilter())
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 WEBAPI_PATH = "/api/data/v9.2/"
