@@ -587,6 +587,8 @@ def _typed(kind: str, key: str, value: Any) -> Any:
     if kind == s.DATETIME:
         try:
             text = str(value)
+            if "T" not in text:  # Edm.DateTimeOffset: a date alone is refused, as by the real service
+                raise ValueError(text)
             parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError as exc:
             raise CrmFault(E_INVALID_ARGUMENT, f"Cannot convert the literal '{value}' to 'Edm.DateTimeOffset'.") \

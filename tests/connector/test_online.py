@@ -317,7 +317,7 @@ def test_record_body_binds_lookups_and_converts_values() -> None:
     assert body == {"subject": "s", "objectid_lead@odata.bind": f"/leads({lead})"}
     body = record_body("campaign", {"typecode": OptionSetValue(3), "budgetedcost": Money(__import__("decimal")
                                     .Decimal("12.50")), "proposedstart": dt.date(2026, 1, 2)})
-    assert body == {"typecode": 3, "budgetedcost": 12.5, "proposedstart": "2026-01-02"}
+    assert body == {"typecode": 3, "budgetedcost": 12.5, "proposedstart": "2026-01-02T00:00:00Z"}
 
 
 def test_parse_batch_flattens_change_sets() -> None:

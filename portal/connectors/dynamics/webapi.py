@@ -246,7 +246,8 @@ def _write_value(entity: str, name: str, value: Any) -> tuple[str, Any]:
         when = value if value.tzinfo else value.replace(tzinfo=UTC)
         return name, when.astimezone(UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
     if isinstance(value, date):
-        return name, value.isoformat()
+        # The sync's dates go to Date and Time columns (Edm.DateTimeOffset): midnight UTC, as over SOAP.
+        return name, f"{value.isoformat()}T00:00:00Z"
     return name, value
 
 
@@ -332,7 +333,8 @@ def batch_body(boundary: str, base_path: str, operations: Sequence[tuple[str, st
         if body is not None:
             lines += ["Content-Type: application/json; type=entry", "", json.dumps(body, separators=(",", ":"))]
         else:
-            lines += ["Accept: application/json", ""]
+            # A preference is per request inside a batch: the formatted values and paging cookie of a query.
+            lines += ["Accept: application/json", 'Prefer: odata.include-annotations="*"', ""]
         lines.append("")
     lines.append(f"--{boundary}--")
     lines.append("")
@@ -521,7 +523,7 @@ class WebApiService:
         if len(self.base) + len(path) <= MAX_URL_LENGTH:
             body = self._json("GET", path, headers=prefer)
         else:
-            part = self._batch([("GET", path, None)], extra_headers=prefer)[0]
+            part = self._batch([("GET", path, None)])[0]
             if part.status >= 400:
                 raise error_from_json(part.status, part.json(), part.body.decode("utf-8", "replace"))
             body = part.json()
@@ -563,14 +565,11 @@ class WebApiService:
 
     # -- $batch
 
-    def _batch(self, operations: Sequence[tuple[str, str, dict[str, Any] | None]],
-               extra_headers: Mapping[str, str] | None = None) -> list[BatchPart]:
+    def _batch(self, operations: Sequence[tuple[str, str, dict[str, Any] | None]]) -> list[BatchPart]:
         boundary = f"batch_{uuid.uuid4()}"
         headers = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0",
                    "Content-Type": f"multipart/mixed; boundary={boundary}",
                    "Prefer": "odata.continue-on-error"}
-        if extra_headers and "Prefer" in extra_headers:
-            headers["Prefer"] = f"odata.continue-on-error,{extra_headers['Prefer']}"
         resp = self._send("POST", self.base + "$batch", headers, batch_body(boundary, self.base_path, operations))
         if resp.status >= 400:
             raise error_from_json(resp.status, _json_or_none(resp), resp.text())
@@ -668,7 +667,9 @@ class WebApiService:
         text = Label(label, language)
         body = {
             "EntityLogicalName": entity, "AttributeLogicalName": attribute,
-            "Label": {"LocalizedLabels": [{"Label": text.text, "LanguageCode": text.language}]},
+            "Label": {"@odata.type": "Microsoft.Dynamics.CRM.Label", "LocalizedLabels": [
+                {"@odata.type": "Microsoft.Dynamics.CRM.LocalizedLabel", "Label": text.text,
+                 "LanguageCode": text.language}]},
         }
         answer = self._json("POST", "InsertOptionValue", body)
         value = answer.get("NewOptionValue") if isinstance(answer, dict) else None
