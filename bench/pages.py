@@ -76,7 +76,8 @@ end
 
 def _steps(kind: str, i: int, failed: int) -> list[dict]:
     """Steps as the engine writes them into steps_json."""
-    from portal.sync import NIGHTLY_STEPS, STEP_TITLES
+    from portal.ledger import STEP_TITLES
+    from portal.sync import NIGHTLY_STEPS
 
     names = NIGHTLY_STEPS if kind in ("nightly", "manual") else [kind]
     out = []

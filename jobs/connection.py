@@ -19,8 +19,8 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
     from portal.connectors.dynamics.factory import open_service, run_connection_test
     from portal.crypto import SecretUnreadable
     from portal.extensions import db
-    from portal.health import record_test
     from portal.jobs_state import add_step, finish_job, start_job
+    from portal.lifecycle import record_test, test_finished
     from portal.models import CrmIntegration
 
     start_job(job_id)
@@ -57,12 +57,8 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
         message = f"Connected as {user or result.user_id}, CRM version {result.version}."
     else:
         message = f"{data['error']['message']}"
-    record_test(integration, ok=result.ok, fingerprint=fingerprint, message=message,
-                lead_source_value=result.lead_source_value, error=data["error"])
-    if was_on and not result.ok and integration.enabled:
-        # Settings that no longer pass must not stay On (L2).
-        integration.enabled = False
-        integration.error_message = f"{integration.error_message} The integration was switched Off."
+    test_finished(integration, ok=result.ok, was_on=was_on, fingerprint=fingerprint, message=message,
+                  lead_source_value=result.lead_source_value, error=data["error"])
     db.session.commit()
     finish_job(job_id, ok=result.ok, message=message, result=data)
     log.info("connection test %s for integration %s: %s", job_id, integration_id, "ok" if result.ok else "failed")

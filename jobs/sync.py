@@ -74,7 +74,7 @@ def acceptance(lead_id: int, integration_id: int) -> None:
     from portal import sync
     from portal.connectors.dynamics import DynamicsError
     from portal.extensions import db
-    from portal.health import record_failure
+    from portal.lifecycle import record_failure
     from portal.models import CrmIntegration
     from portal.platform_models import Lead
 

@@ -212,10 +212,9 @@ class UsageForm(FlaskForm):
 
     def validate_ma_pull_contacts(self, field) -> None:
         if field.data and self.records_as_contacts:
-            raise ValidationError(
-                "Pull Contacts is not available while new leads are recorded as contacts: "
-                "Dynamics offers no way to pull contacts then."
-            )
+            from .lifecycle import PULL_CONTACTS_WITH_CONTACTS
+
+            raise ValidationError(PULL_CONTACTS_WITH_CONTACTS)
 
 
 class MultiCheckboxField(SelectMultipleField):

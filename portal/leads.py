@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-import smtplib
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.message import EmailMessage
 
 from flask import current_app, url_for
 from sqlalchemy import case, select
 from sqlalchemy.orm import aliased
 
-from . import catalog, queues
+from . import catalog, notify, queues
 from .extensions import db
 from .models import CrmIntegration, Organization, OrgKind, Role, User, partner_suppliers, utcnow
 from .platform_models import (
@@ -199,20 +197,7 @@ def notify_lead_owners(lead: Lead, supplier: Organization, partner: Organization
         "You can also accept or reject it in the portal, or by qualifying or disqualifying it in your CRM. "
         "We recommend choosing one of these places to manage leads."
     )
-    mail = OutboxEmail(organization_id=partner.id, to=", ".join(owners),
-                       subject=f"{platform}: new lead from {supplier.name}", body=body)
-    db.session.add(mail)
-    host = current_app.config.get("SMTP_HOST")
-    if host:
-        msg = EmailMessage()
-        msg["Subject"], msg["From"], msg["To"] = mail.subject, current_app.config["SMTP_FROM"], mail.to
-        msg.set_content(body)
-        try:
-            with smtplib.SMTP(host, current_app.config["SMTP_PORT"], timeout=10) as smtp:
-                smtp.send_message(msg)
-            mail.sent = True
-        except OSError:
-            log.exception("could not send the lead notification for lead %s", lead.id)
+    mail = notify.email(partner.id, list(owners), f"{platform}: new lead from {supplier.name}", body)
     db.session.commit()
     return mail
 

@@ -13,7 +13,6 @@ from sqlalchemy import func, select
 from .extensions import db
 from .models import CrmIntegration, utcnow
 from .platform_models import RunStatus, SyncFailure, SyncRun
-from .sync import STEP_TITLES, running_run
 
 PAGE_SIZE = 50  # runs per page of the history
 FAILURES_SHOWN = 200  # failures listed on a run's page; the CSV export has them all
@@ -24,6 +23,37 @@ CSV_COLUMNS = ("run_id", "step", "operation", "entity", "local_type", "local_id"
                "action", "raw", "status", "attempts", "created_at")
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+# What the ledger calls each step (the engine's steps take their titles from here).
+STEP_TITLES = {
+    "pull_records": "Pull leads and contacts with an email",
+    "contact_lists": "Marketing lists as contact lists",
+    "push_marketing_leads": "Push marketing-automation leads over the threshold",
+    "push_distributed_leads": "Push distributed leads",
+    "push_events": "Write marketing events as notes",
+    "pull_activities": "Pull CRM activities on our leads",
+    "pull_status": "Pull lead status",
+    "pull_opportunities": "Pull opportunities",
+    "push_campaigns": "Push campaigns",
+    "push": "Push distributed leads",
+    "retry": "Retry failed records",
+    "acceptance": "Accept or reject in the CRM",
+}
+
+
+def new_run(integration: CrmIntegration, kind: str, *, dry_run: bool = False, trigger: str = "",
+            job_id: str | None = None) -> SyncRun:
+    """A queued run row (made before the job is enqueued, so the page can show it at once)."""
+    run = SyncRun(integration_id=integration.id, kind=kind, dry_run=dry_run, trigger=trigger, job_id=job_id)
+    db.session.add(run)
+    db.session.commit()
+    return run
+
+
+def running_run(integration_id: int) -> SyncRun | None:
+    """A nightly or manual run of this integration that is queued or running."""
+    return db.session.scalar(select(SyncRun).where(
+        SyncRun.integration_id == integration_id, SyncRun.kind.in_(["nightly", "manual"]),
+        SyncRun.status.in_([RunStatus.queued, RunStatus.running])).order_by(SyncRun.id.desc()).limit(1))
 
 
 def runs_page(integration_id: int, before: int | None = None) -> tuple[list[SyncRun], int | None]:

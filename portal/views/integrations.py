@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, current_app, flash, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
-from .. import jobs_state
+from .. import jobs_state, lifecycle
 from ..access import admin_required, own_integration
 from ..crypto import encrypt
 from ..extensions import db
 from ..forms import AdvancedForm, ConnectionForm, GeneralForm, UsageForm, choices, url_problem
 from ..models import BackgroundJob, CrmIntegration, JobStatus, audit, utcnow
 from ..queues import QUEUE_TESTS
-from .settings import fragment, is_htmx
+from .htmx import fragment, is_htmx, poll, require_csrf
 
 bp = Blueprint("integrations", __name__, url_prefix="/settings/crm")
 
@@ -118,9 +118,7 @@ def save_general(integration_id: int):
         return _section_response(integration, forms, "general", ok=False)
     changed = _apply(integration, {"supplier_id": form.supplier_id.data,
                                    "record_leads_as": form.record_leads_as.data})
-    if integration.record_leads_as == "contact" and integration.ma_pull_contacts:
-        integration.ma_pull_contacts = False  # not possible with contacts (S10)
-        changed.append("ma_pull_contacts")
+    changed += lifecycle.apply_contacts_rule(integration)
     _finish_save(integration, "general", changed, "General Settings")
     forms = build_forms(integration)
     return _section_response(integration, forms, "general", ok=True,
@@ -173,9 +171,7 @@ def save_connection(integration_id: int):
     if changed:
         integration.connection_saved_at = utcnow()
     testing = request.form.get("action") == "test"
-    if changed and integration.enabled and not testing and not integration.test_passed_on_saved_settings:
-        integration.enabled = False
-        changed.append("enabled")
+    if lifecycle.connection_saved(integration, changed, testing=testing):
         flash("The connection settings changed, so the integration was switched Off: "
               "run Save and Test CRM Connection, then switch it On again.", "error")
     _finish_save(integration, "connection", changed, "CRM Connection Settings")
@@ -231,10 +227,8 @@ def _start_test(integration: CrmIntegration, add_lead_source: bool = False) -> B
 def add_lead_source(integration_id: int):
     """Add the platform's option to Lead Source in the CRM (needs customization rights), then test again."""
     integration = own_integration(integration_id)
-    from ..forms import CsrfOnlyForm
 
-    if not CsrfOnlyForm().validate_on_submit():
-        abort(400)
+    require_csrf()
     if not integration.connection_complete:
         flash("Save the CRM Connection Settings first.", "error")
     else:
@@ -256,12 +250,7 @@ def test_status(integration_id: int, job_id: str):
     stuck = jobs_state.is_stuck_in_queue(job)
     ctx = _context(integration, {}, None)
     ctx.update(test=job, stuck=stuck)
-    # Not fragment(): its out-of-band flash would wipe the save's confirmation at the first poll.
-    resp = make_response(render_template("integrations/_test_status.html", **ctx))
-    resp.headers["Vary"] = "HX-Request"
-    if job.done or stuck:
-        resp.status_code = 286
-    return resp
+    return poll(render_template("integrations/_test_status.html", **ctx), job.done or stuck)
 
 
 @bp.route("/<int:integration_id>/validate/<field>", methods=["POST"])

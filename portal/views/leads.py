@@ -13,7 +13,7 @@ from ..extensions import db
 from ..forms import CsrfOnlyForm, DistributeForm
 from ..models import Organization
 from ..platform_models import STANDARD_FIELDS, Acceptance, LeadOrigin, OutboxEmail
-from .settings import fragment, is_htmx
+from .htmx import fragment, is_htmx, require_csrf
 
 bp = Blueprint("leads", __name__)
 
@@ -62,8 +62,7 @@ def answer(lead_id: int, answer: str):
     lead = leads.own_lead(current_user.organization_id, lead_id)
     if lead is None or lead.origin != LeadOrigin.distributed:
         abort(404)
-    if not CsrfOnlyForm().validate_on_submit():
-        abort(400)
+    require_csrf()
     if leads.set_acceptance(lead, ANSWERS[answer], via="portal"):
         flash(f"{lead.full_name} is {lead.acceptance.value}.", "success")
     if is_htmx():

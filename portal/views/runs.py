@@ -22,7 +22,7 @@ from ..extensions import db
 from ..forms import CsrfOnlyForm
 from ..models import CrmIntegration, audit
 from ..platform_models import SyncRun
-from .settings import fragment, is_htmx
+from .htmx import fragment, is_htmx, poll, require_csrf
 
 bp = Blueprint("runs", __name__, url_prefix="/settings/crm")
 
@@ -60,8 +60,7 @@ def history(integration_id: int):
 def _start(integration_id: int, *, dry_run: bool):
     """Sync now or Preview: refuse with a reason, or queue the run; then the list (htmx) or PRG."""
     integration = own_integration(integration_id)
-    if not CsrfOnlyForm().validate_on_submit():
-        abort(400)
+    require_csrf()
     refusal = ledger.start_refusal(integration, "manual")
     status = 200
     if refusal:
@@ -126,11 +125,7 @@ def status(integration_id: int, run_id: int):
         body = render_template("runs/_run_body.html", **_detail_context(integration, run))
     else:
         body = render_template("runs/_run_row.html", row=integration, run=run)
-    # Not fragment(): its out-of-band flash would wipe a message at the first poll.
-    resp = make_response(body, 286 if run.done else 200)
-    resp.headers["Vary"] = "HX-Request"
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+    return poll(body, run.done, no_store=True)
 
 
 @bp.route("/<int:integration_id>/runs/<int:run_id>/retry", methods=["POST"])
@@ -139,8 +134,7 @@ def retry(integration_id: int, run_id: int):
     """Retry one failed record (failure_id) or all the run's pending ones, as a retry run."""
     integration = own_integration(integration_id)
     run = _run_or_404(integration, run_id)
-    if not CsrfOnlyForm().validate_on_submit():
-        abort(400)
+    require_csrf()
     one = request.form.get("failure_id", type=int)
     if request.form.get("failure_id") and one is None:
         abort(400)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, abort, flash, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import select
 
-from .. import catalog, jobs_state
+from .. import catalog, jobs_state, lifecycle
 from ..access import admin_required, own_integration
 from ..extensions import db
 from ..forms import CsrfOnlyForm, ToggleForm
@@ -16,30 +16,14 @@ from ..models import (
     IntegrationState,
     Notice,
     Organization,
-    audit,
     integration_for,
     partner_suppliers,
     utcnow,
 )
 from ..queues import QUEUE_DEFAULT
+from .htmx import fragment, is_htmx, poll, require_csrf
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
-
-
-def is_htmx() -> bool:
-    """True for an htmx request that wants a fragment (not a boosted page load)."""
-    return bool(request.headers.get("HX-Request")) and not request.headers.get("HX-Boosted")
-
-
-def fragment(template: str, status: int = 200, oob_templates: tuple[str, ...] = (), **context):
-    """Render a fragment, any out-of-band companions, and the flash messages out-of-band."""
-    body = render_template(template, **context)
-    for extra in oob_templates:
-        body += render_template(extra, **{**context, "oob": True})
-    body += render_template("_flash.html", oob_flash=True)
-    resp = make_response(body, status)
-    resp.headers["Vary"] = "HX-Request"
-    return resp
 
 
 @bp.route("/")
@@ -92,8 +76,7 @@ def dismiss_notice(notice_id: int):
     notice = db.session.get(Notice, notice_id)
     if notice is None or notice.organization_id != current_user.organization_id:
         abort(404)
-    if not CsrfOnlyForm().validate_on_submit():
-        abort(400)
+    require_csrf()
     notice.dismissed_at = utcnow()
     db.session.commit()
     if is_htmx():
@@ -147,27 +130,18 @@ def toggle(integration_id: int):
     status, refusal = 200, None
     if not form.validate_on_submit() or form.state.data not in ("on", "off"):
         abort(400)
-    want_on = form.state.data == "on"
-    if want_on:
-        refusal = integration.switch_on_refusal()
+    was_on = integration.enabled
+    if form.state.data == "on":
+        refusal = lifecycle.switch_on(integration, current_user)
         if refusal:
             flash(f"{integration.label} was not switched On. {refusal}", "error")
-            status = 409
-            refusal = f"Not switched On. {refusal}"
-        elif not integration.enabled:
-            integration.enabled = True
-            integration.auth_failures = 0
-            audit(current_user, integration.organization_id, "switched on", ["enabled"], integration.id)
-            from ..schedule import schedule_next_night
-
-            db.session.commit()
-            schedule_next_night(integration.id)
+            status, refusal = 409, f"Not switched On. {refusal}"
+        elif not was_on:
             flash(f"{integration.label} is On.", "success")
-    elif integration.enabled:
-        integration.enabled = False
-        audit(current_user, integration.organization_id, "switched off", ["enabled"], integration.id)
-        flash(f"{integration.label} is Off.", "success")
-    db.session.commit()
+    else:
+        lifecycle.switch_off(integration, current_user)
+        if was_on:
+            flash(f"{integration.label} is Off.", "success")
     if is_htmx():
         return fragment("settings/_crm_row.html", status=status, row=integration, toggle_form=ToggleForm(),
                         refusal=refusal)
@@ -199,8 +173,5 @@ def health_status(job_id: str):
     if row is None or row.organization_id != current_user.organization_id or row.kind != "health":
         abort(404)
     stuck = jobs_state.is_stuck_in_queue(row)
-    # Not fragment(): an out-of-band flash at every poll would wipe the page's messages.
-    resp = make_response(render_template("settings/_health.html", health=row, stuck=stuck, csrf_form=CsrfOnlyForm()))
-    if row.done or stuck:
-        resp.status_code = 286
-    return resp
+    return poll(render_template("settings/_health.html", health=row, stuck=stuck, csrf_form=CsrfOnlyForm()),
+                row.done or stuck)

@@ -11,7 +11,7 @@ from ..access import admin_required
 from ..extensions import db
 from ..forms import CsrfOnlyForm, TokenForm
 from ..platform_models import ApiToken
-from .settings import fragment, is_htmx
+from .htmx import fragment, is_htmx, require_csrf
 
 bp = Blueprint("tokens", __name__, url_prefix="/settings/api-tokens")
 
@@ -55,8 +55,7 @@ def revoke(token_id: int):
                                                    ApiToken.organization_id == current_user.organization_id))
     if row is None:
         abort(404)
-    if not CsrfOnlyForm().validate_on_submit():
-        abort(400)
+    require_csrf()
     if tokens.revoke(row):
         flash(f"Token “{row.name}” is revoked.", "success")
     if is_htmx():

@@ -163,12 +163,12 @@ def test_a_failed_test_switches_an_enabled_integration_off(app, partner_admin, c
 
 
 def test_three_auth_failures_in_a_row_switch_off_with_a_notice(app, partner_admin, client):
-    """health.record_failure, as the jobs that talk to the CRM call it: the third auth failure switches Off.
+    """lifecycle.record_failure, as the jobs that talk to the CRM call it: the third auth failure switches Off.
 
     The connection-test job cannot reach the third strike (it switches Off at the first failed test), so
     this drives the rule directly, inside an app context, as a sync job would.
     """
-    from portal.health import record_failure, record_success
+    from portal.lifecycle import record_failure, record_success
 
     iid = partner_admin["integration_id"]
     err = AuthFailedError()

@@ -10,6 +10,7 @@ from portal.connectors.dynamics.xml import OptionSetValue
 from portal.extensions import db
 from portal.models import CrmIntegration, Notice
 from portal.platform_models import LeadOrigin, RunStatus, SyncRun
+from portal.sync import mapping
 
 from .sync_helpers import (
     add_event,
@@ -36,15 +37,15 @@ def test_one_bad_record_never_sinks_its_batch(app, ready, monkeypatch):
     crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
     configure(app, iid, marketing_automation=True, event_types=["email_click"])
     ids = make_leads(app, org, 6, prefix="batch", events=("email_click",))
-    real = sync.Runner.lead_attributes
+    real = mapping.lead_attributes
 
-    def one_bad(self, lead, entity, *, creating):
-        attrs = real(self, lead, entity, creating=creating)
+    def one_bad(lead, entity, **kwargs):
+        attrs = real(lead, entity, **kwargs)
         if lead.email == "batch3@example.net":
             attrs["leadsourcecode"] = OptionSetValue(424242)  # not an option of Lead Source: the CRM refuses it
         return attrs
 
-    monkeypatch.setattr(sync.Runner, "lead_attributes", one_bad)
+    monkeypatch.setattr(mapping, "lead_attributes", one_bad)
     run = run_steps(app, iid, ["push_marketing_leads", "push_events"])
     assert run["status"] == "partial", run
     assert run["steps"]["push_marketing_leads"]["created"] == 5
@@ -57,7 +58,7 @@ def test_one_bad_record_never_sinks_its_batch(app, ready, monkeypatch):
     # The notes of the five good leads went; the bad lead's event waits for its lead.
     assert len(note_refs(crm)) == 5
     # Once the record is corrected, a retry run creates it and resolves the failure.
-    monkeypatch.setattr(sync.Runner, "lead_attributes", real)
+    monkeypatch.setattr(mapping, "lead_attributes", real)
     retry = run_steps(app, iid, kind="retry")
     assert retry["status"] == "finished", retry
     assert emails_in_crm(crm)["batch3@example.net"] == 1 and len(note_refs(crm)) == 6

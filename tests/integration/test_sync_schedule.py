@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from rq.registry import ScheduledJobRegistry
 
-from portal import queues, schedule, sync
+from portal import queues, schedule
 from portal.extensions import db
 from portal.models import CrmIntegration
 
@@ -15,13 +15,13 @@ from .sync_helpers import configure
 
 def test_nightly_slot_is_spread_over_the_night_and_stable():
     day = datetime(2026, 11, 26, 14, 30, tzinfo=UTC)
-    slots = {i: sync.nightly_slot(i, day) for i in range(1, 501)}
+    slots = {i: schedule.nightly_slot(i, day) for i in range(1, 501)}
     start, end = datetime(2026, 11, 26, 1, 0, tzinfo=UTC), datetime(2026, 11, 26, 5, 0, tzinfo=UTC)
     assert all(start <= s < end for s in slots.values())
     assert len({s for s in slots.values()}) >= 200  # spread, not bunched on the hour
-    assert all(sync.nightly_slot(i, day) == s for i, s in slots.items())  # stable
-    assert all(sync.nightly_slot(i, day + timedelta(days=1)) == s + timedelta(days=1) for i, s in slots.items())
-    assert sync.nightly_slot(7, day.replace(hour=0, minute=5)) == slots[7]  # the time of day does not matter
+    assert all(schedule.nightly_slot(i, day) == s for i, s in slots.items())  # stable
+    assert all(schedule.nightly_slot(i, day + timedelta(days=1)) == s + timedelta(days=1) for i, s in slots.items())
+    assert schedule.nightly_slot(7, day.replace(hour=0, minute=5)) == slots[7]  # the time of day does not matter
 
 
 def scheduled(app) -> list:
@@ -52,8 +52,8 @@ def test_schedule_next_night_enqueues_one_job_per_integration(app, factory):
         now = datetime.now(UTC)
         for job in jobs:
             when = registry.get_scheduled_time(job)
-            slot = sync.nightly_slot(job.args[0], now)
-            assert when in (slot, sync.nightly_slot(job.args[0], now + timedelta(days=1)))
+            slot = schedule.nightly_slot(job.args[0], now)
+            assert when in (slot, schedule.nightly_slot(job.args[0], now + timedelta(days=1)))
             assert when > now - timedelta(seconds=5) and time_of_night(when)
 
 

@@ -1,0 +1,151 @@
+"""What a step works with: the integration, the CRM, the run's recorder, links, and writes that Preview turns off.
+
+Every write of a run, to the CRM or to the portal's data, goes through here; a Preview is the same run with
+``writes`` off, so it reads, matches and counts exactly as the real run would, and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import insert, select
+
+from ..connectors.dynamics.soap import BatchItemResult
+from ..extensions import db
+from ..models import CrmIntegration, utcnow
+from ..platform_models import CrmLink, Lead, SyncRun
+from .gateway import CrmGateway
+from .recorder import DB_CHUNK, Recorder, StepCounts
+
+BATCH = 1000  # requests per ExecuteMultiple batch
+
+
+def chunked(values: Sequence, size: int) -> Iterator[list]:
+    """The values, ``size`` at a time."""
+    for i in range(0, len(values), size):
+        yield list(values[i:i + size])
+
+
+class Context:
+    """One run of one integration, as its steps see it."""
+
+    def __init__(self, integration: CrmIntegration, run: SyncRun, gateway: CrmGateway):
+        self.integration = integration
+        self.run = run
+        self.gateway = gateway
+        self.writes = not run.dry_run
+        self.platform = current_app.config["PLATFORM_NAME"]
+        self.org_id = integration.organization_id
+        self.entity = "contact" if integration.record_leads_as == "contact" else "lead"
+        self._pending_links: list[dict] = []
+        self.would_create: set[str] = set()  # in a Preview: emails of the people it would have created
+        self.rec = Recorder(run, self.commit)
+
+    @property
+    def counts(self) -> StepCounts:
+        """The current step's counts."""
+        return self.rec.counts
+
+    # -- the portal's data
+
+    def commit(self) -> None:
+        """Write buffered links in one statement, then commit (the ledger's rows always; data only when writing)."""
+        if self._pending_links:
+            db.session.execute(insert(CrmLink), self._pending_links)
+            self._pending_links = []
+        db.session.commit()
+
+    def add(self, row: Any) -> None:
+        """A new row of data (not in a Preview)."""
+        if self.writes:
+            db.session.add(row)
+
+    def assign(self, row: Any, values: dict) -> None:
+        """Change a row's fields (not in a Preview)."""
+        if self.writes:
+            for key, value in values.items():
+                setattr(row, key, value)
+
+    def execute(self, statement: Any, params: Any = None) -> None:
+        """An UPDATE or DELETE of data (not in a Preview)."""
+        if self.writes:
+            db.session.execute(statement, params) if params is not None else db.session.execute(statement)
+
+    # -- links between local records and CRM records
+
+    def links(self, local_type: str, ids: Sequence[int]) -> dict[int, CrmLink]:
+        """Existing links of these local records."""
+        out: dict[int, CrmLink] = {}
+        for chunk in chunked(ids, DB_CHUNK):
+            for link in db.session.scalars(select(CrmLink).where(
+                    CrmLink.integration_id == self.integration.id, CrmLink.local_type == local_type,
+                    CrmLink.local_id.in_(chunk))):
+                out[link.local_id] = link
+        return out
+
+    def link(self, local_type: str, local_id: int | None, entity: str, crm_id: str) -> None:
+        """Remember which CRM record a local record is (written in bulk at the next ``commit``; not in a Preview)."""
+        if self.writes and local_id is not None:
+            self._pending_links.append({"integration_id": self.integration.id, "local_type": local_type,
+                                        "local_id": local_id, "entity": entity, "crm_id": crm_id,
+                                        "last_synced_at": utcnow()})
+
+    def linked_guids(self, entity: str | None = None) -> dict[str, int]:
+        """CRM id -> local lead id, for every linked lead of this integration."""
+        query = select(CrmLink.crm_id, CrmLink.local_id).where(
+            CrmLink.integration_id == self.integration.id, CrmLink.local_type == "lead", CrmLink.crm_id != "")
+        if entity:
+            query = query.where(CrmLink.entity == entity)
+        return {crm_id.lower(): local for crm_id, local in db.session.execute(query)}
+
+    # -- the CRM
+
+    def write(self, requests: Sequence) -> list[BatchItemResult]:
+        """Send writes to the CRM; in a Preview nothing is sent and each would-be write counts as done."""
+        if not requests:
+            return []
+        if not self.writes:
+            return [BatchItemResult(i, True, None) for i in range(len(requests))]
+        return self.gateway.write(requests)
+
+    def write_then_link(self, requests: Sequence, local_ids: Sequence[int], *, local_type: str, operation: str,
+                        link_as: str | None = None, on_ok: Callable[[int, BatchItemResult], None] | None = None,
+                        failure_type: str | None = None) -> list[int]:
+        """Write, then link each record written (or call ``on_ok``) and record each failure; the ids written.
+
+        ``link_as`` is the CRM entity of created records, linked under ``local_type``; without it the records
+        count as updated.
+        """
+        c = self.counts
+        ok_ids = []
+        for item in self.write(requests):
+            local_id = local_ids[item.index]
+            if item.ok and (item.id or not self.writes or link_as is None):
+                if on_ok is not None:
+                    on_ok(local_id, item)
+                elif link_as is not None:
+                    self.link(local_type, local_id, link_as, item.id)
+                if link_as is not None:
+                    c.created += 1
+                else:
+                    c.updated += 1
+                ok_ids.append(local_id)
+            else:
+                self.rec.fail(operation, requests[item.index].entity,
+                              item.error or "Not processed: an earlier item of the batch failed.",
+                              local_type=failure_type or local_type, local_id=local_id)
+        return ok_ids
+
+    # -- walking local records
+
+    def lead_chunks(self, query) -> Iterator[list[Lead]]:
+        """Leads of a query in id order, a batch per lane at a time (keyset paging: memory stays flat)."""
+        last, size = 0, BATCH * self.gateway.parallel
+        while True:
+            chunk = db.session.scalars(query.where(Lead.id > last).order_by(Lead.id).limit(size)).all()
+            if not chunk:
+                return
+            yield list(chunk)
+            last = chunk[-1].id
