@@ -30,8 +30,9 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
     try:
         config = config_for(integration)
     except SecretUnreadable as exc:
+        what = "client secret (or certificate)" if integration.is_online else "CRM password"
         error = {"code": "secret_unreadable", "message": str(exc),
-                 "action": "Enter the CRM password again in CRM Connection Settings and save."}
+                 "action": f"Enter the {what} again in CRM Connection Settings and save."}
         record_test(integration, ok=False, fingerprint=fingerprint, message=error["message"], error=error)
         finish_job(job_id, ok=False, message=error["message"], result={"ok": False, "steps": [], "error": error})
         return {"ok": False}
