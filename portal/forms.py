@@ -55,7 +55,10 @@ def choices(pairs) -> list[SelectChoice]:
 
 def url_problem(url: str, *, must_end_with_web: bool) -> str | None:
     """What is wrong with the shape of a CRM URL (not its address), or None."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "The URL cannot be read (check the brackets around an IPv6 address)."
     if parts.scheme not in ("http", "https"):
         return "The URL must start with http:// or https://."
     if not parts.hostname:
@@ -83,6 +86,7 @@ class GeneralForm(FlaskForm):
 CONNECTION_KINDS = [("onprem", "On-premises (Windows sign-in)"), ("online", "Dynamics 365 online")]
 _GUID_RE = re.compile(r"^\{?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?$")
 _TENANT_DOMAIN_RE = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_HOST_RE = re.compile(r"^([a-z0-9-]+(\.[a-z0-9-]+)*\.?|[0-9a-f:.]+)$")
 
 
 class ConnectionForm(FlaskForm):
@@ -115,6 +119,17 @@ class ConnectionForm(FlaskForm):
     def online(self) -> bool:
         """True when the chosen kind is Dynamics 365 online."""
         return self.connection_kind.data == "online"
+
+    def validate(self, extra_validators=None) -> bool:
+        """Validate; control characters (NUL included) are refused in every field, whichever kind is chosen."""
+        ok = super().validate(extra_validators)
+        for field in self:
+            data = field.data if isinstance(field.data, str) else ""
+            allowed = "\r\n\t" if field.name == "client_certificate" else ""
+            if any((ord(ch) < 32 or 127 <= ord(ch) < 160) and ch not in allowed for ch in data):
+                field.errors = [*field.errors, "This field holds control characters: type it again."]
+                ok = False
+        return ok
 
     def validate_username(self, field) -> None:
         if self.online:
@@ -149,9 +164,21 @@ class ConnectionForm(FlaskForm):
         value = (field.data or "").strip()
         if not value:
             raise ValidationError("Enter the environment URL, e.g. https://contoso.crm4.dynamics.com.")
-        parts = urlsplit(value)
+        if not value.isprintable() or any(ch.isspace() for ch in value):
+            raise ValidationError("The environment URL holds spaces or invisible characters: type it again.")
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ValidationError("The environment URL cannot be read: type it as https://<org>.crm<N>.dynamics.com.") \
+                from exc
         if parts.scheme != "https" or not parts.hostname:
             raise ValidationError("The environment URL starts with https://, e.g. https://contoso.crm4.dynamics.com.")
+        try:
+            parts.port  # noqa: B018 - reading it checks it
+        except ValueError as exc:
+            raise ValidationError("The environment URL has a port that is not a number from 1 to 65535.") from exc
+        if not _HOST_RE.match(parts.hostname):
+            raise ValidationError("The environment URL's host name is not valid, e.g. contoso.crm4.dynamics.com.")
         if parts.username or parts.password or parts.query or parts.path.strip("/") not in ("", "api/data/v9.2"):
             raise ValidationError("Enter the environment URL alone, without a path: https://<org>.crm<N>.dynamics.com.")
 

@@ -120,3 +120,31 @@ def test_wrong_secret_is_explained_and_stays_off(app, client, auth, connected):
     assert saved.last_test_ok is False and saved.error_code == "auth_failed"
     assert "client secret" in saved.error_message and "Certificates & secrets" in saved.error_action
     assert saved.switch_on_refusal()
+
+
+def test_junk_in_online_fields_is_a_clear_4xx_and_nothing_is_stored(app, client, auth, connected):
+    iid, crm = connected["integration_id"], connected["crm"]
+    junk = ["https://a\x00b.example", "https://exa mple.com", "https://host:99999", "https://[::1", "https://\ufffd.example",
+            "https://" + "a" * 600, "javascript:alert(1)"]
+    for value in junk:
+        resp = post_connection(client, auth, iid, {**online_fields(crm), "environment_url": value})
+        assert resp.status_code == 422, (value, resp.status_code)
+    for field in ("tenant_id", "client_id"):
+        for value in ("\x00", "x" * 300, "<script>alert(1)</script>", "\u202e" * 3):
+            resp = post_connection(client, auth, iid, {**online_fields(crm), field: value})
+            assert resp.status_code == 422, (field, value)
+            assert "<script>alert(1)</script>" not in resp.text
+    assert row(app, iid).connection_kind == "onprem" and not row(app, iid).client_secret_encrypted
+
+
+def test_control_characters_are_refused_in_on_premises_fields_too(app, client, auth, connected):
+    iid, crm = connected["integration_id"], connected["crm"]
+    before = row(app, iid)
+    for field, value in (("org_url", crm.org_url.replace("127.0.0.1", "a\x00b.example")), ("username", "u\x00x"),
+                         ("domain", "D\x07"), ("organization_name", "Org\x1b")):
+        data = {"connection_kind": "onprem", "username": crm.username, "org_url": crm.org_url, field: value}
+        resp = post_connection(client, auth, iid, data)
+        assert resp.status_code == 422, (field, resp.status_code)
+        assert "control characters" in resp.text
+    after = row(app, iid)
+    assert (after.org_url, after.username, after.domain) == (before.org_url, before.username, before.domain)
