@@ -365,3 +365,19 @@ def test_secrets_and_tokens_never_reach_the_logs(caplog) -> None:
     assert "s3cr3t-value" not in caplog.text and "eyJ0eXAi" not in caplog.text
     assert caplog.text.count("[redacted]") == 2
     assert redact_oauth("client_assertion=aaa.bbb.ccc") == "client_assertion=[redacted]"
+
+
+def test_a_hostile_answer_is_a_typed_error() -> None:
+    """Deeply nested JSON, a batch answer that is not multipart, a part without a status line: typed errors."""
+    from portal.connectors.dynamics.errors import NotDynamicsError
+    from portal.connectors.dynamics.transport import HttpResponse
+
+    deep = HttpResponse(200, {"Content-Type": "application/json"}, b"[" * 100000 + b"]" * 100000, "x", 0.0)
+    assert webapi._json_or_none(deep) is None
+    assert BatchPart(200, {}, deep.content).json() is None
+    error = webapi.error_from_json(500, webapi._json_or_none(deep), "<script>alert(1)</script>")
+    assert error.code == "server_error"
+    with pytest.raises(NotDynamicsError):
+        parse_batch("text/html", b"<html>hello</html>")
+    with pytest.raises(NotDynamicsError):
+        parse_batch("multipart/mixed; boundary=b", b"--b\r\nContent-Type: application/http\r\n\r\nhello\r\n--b--")

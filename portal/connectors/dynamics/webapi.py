@@ -353,7 +353,7 @@ class BatchPart:
         """The body decoded as JSON (None when empty or not JSON)."""
         try:
             return json.loads(self.body.decode("utf-8-sig")) if self.body.strip() else None
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # a hostile server's 100,000-deep JSON too
             return None
 
 
@@ -696,7 +696,7 @@ class WebApiService:
 def _json_or_none(resp: HttpResponse) -> Any:
     try:
         return json.loads(resp.content.decode("utf-8-sig")) if resp.content.strip() else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # a hostile server's 100,000-deep JSON too
         return None
 
 
