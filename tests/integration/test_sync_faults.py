@@ -150,11 +150,17 @@ def test_online_run_with_a_fifth_of_answers_429_completes_with_every_record_once
     assert set(refs) == set(event_ids(app, marketing + distributed)) and set(refs.values()) == {1}
 
 
-def test_auth_failure_stops_the_run_and_switches_off_after_the_limit(app, ready):
+@pytest.mark.parametrize("kind", ["onprem", "online"])
+def test_auth_failure_stops_the_run_and_switches_off_after_the_limit(app, ready, kind):
     crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
     configure(app, iid, marketing_automation=True, enabled=True, auth_failure_limit=3)
     make_leads(app, org, 3, prefix="auth")
-    crm.set_faults(password_changed_user=crm.username)
+    if kind == "online":
+        use_online(app, ready)
+        # The client secret was rotated in Microsoft Entra ID (and the portal still has the old one).
+        crm.register_app(crm.client_id, tenant_id=crm.tenant_id, client_secret="Rotated-Secret-2")
+    else:
+        crm.set_faults(password_changed_user=crm.username)
     for attempt in (1, 2, 3):
         run = run_steps(app, iid, kind="nightly")
         assert run["status"] == "failed" and run["created"] == 0, run
@@ -171,6 +177,7 @@ def test_auth_failure_stops_the_run_and_switches_off_after_the_limit(app, ready)
     assert "switched Off" in notices[0].message
     assert crm.records("lead") == []
     crm.clear_faults()
+    crm.register_app(crm.client_id, tenant_id=crm.tenant_id, client_secret=crm.client_secret)
     run = run_steps(app, iid, ["push_marketing_leads"])
     assert run["status"] == "finished"
     with app.app_context():
