@@ -20,7 +20,8 @@ def sync() -> None:
 @click.option("--integration", "integration_id", type=int, required=True, help="the integration's id")
 @click.option("--step", "steps", multiple=True, help="only this nightly step (repeatable); default: all")
 @click.option("--dry-run", is_flag=True, help="report what would be created, updated and skipped; write nothing")
-def run_cmd(integration_id: int, steps: tuple[str, ...], dry_run: bool) -> None:
+@click.option("--full", is_flag=True, help="read every CRM record, not only those modified since the last run")
+def run_cmd(integration_id: int, steps: tuple[str, ...], dry_run: bool, full: bool) -> None:
     """Run the nightly steps now and print the ledger of the run."""
     from . import sync as engine
 
@@ -32,7 +33,7 @@ def run_cmd(integration_id: int, steps: tuple[str, ...], dry_run: bool) -> None:
         raise click.ClickException(f"Unknown step {unknown[0]!r}: use one of {', '.join(engine.NIGHTLY_STEPS)}.")
     if not integration.connection_complete:
         raise click.ClickException("The integration's CRM Connection Settings are not saved yet.")
-    run = engine.new_run(integration, "manual", dry_run=dry_run, trigger="command line")
+    run = engine.new_run(integration, "manual", dry_run=dry_run, trigger="command line", full=full)
     run = engine.execute(run.id, steps=list(steps) or None)
     title = "Dry run (nothing written)" if dry_run else "Run"
     click.echo(f"{title} {run.id}: {run.status.value} — {run.message}")

@@ -41,9 +41,10 @@ STEP_TITLES = {
 
 
 def new_run(integration: CrmIntegration, kind: str, *, dry_run: bool = False, trigger: str = "",
-            job_id: str | None = None) -> SyncRun:
+            job_id: str | None = None, full: bool = False) -> SyncRun:
     """A queued run row (made before the job is enqueued, so the page can show it at once)."""
-    run = SyncRun(integration_id=integration.id, kind=kind, dry_run=dry_run, trigger=trigger, job_id=job_id)
+    run = SyncRun(integration_id=integration.id, kind=kind, dry_run=dry_run, trigger=trigger, job_id=job_id,
+                  full=full)
     db.session.add(run)
     db.session.commit()
     return run
@@ -162,7 +163,9 @@ def step_title(name: str) -> str:
 
 def kind_label(run: SyncRun) -> str:
     """What started the run, in words."""
-    return "Preview" if run.dry_run else KIND_LABELS.get(run.kind, run.kind)
+    if run.dry_run:
+        return "Preview"
+    return "Resync everything" if run.full else KIND_LABELS.get(run.kind, run.kind)
 
 
 def csv_safe(value: object) -> str:

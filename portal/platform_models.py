@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -235,6 +236,22 @@ class RunStatus(enum.StrEnum):
     failed = "failed"
 
 
+class SyncWatermark(db.Model):
+    """How far a pull has read an integration's CRM: the newest ``modifiedon`` read, its last read and full read."""
+
+    __tablename__ = "sync_watermarks"
+    __table_args__ = (UniqueConstraint("integration_id", "name", name="uq_sync_watermarks_integration_name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    integration_id: Mapped[int] = mapped_column(ForeignKey("crm_integrations.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(60))  # the step and entity: "pull_records:lead"
+    modified_on: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    link_id: Mapped[int | None] = mapped_column(Integer)  # the newest CRM link when the last read began
+    link_window: Mapped[int | None] = mapped_column(Integer)  # links numbered just before it, counted then
+    full_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class SyncRun(db.Model):
     """One run of the sync (push, nightly, on demand, retry) with its steps and counts: the ledger."""
 
@@ -246,6 +263,7 @@ class SyncRun(db.Model):
     kind: Mapped[str] = mapped_column(String(20))  # push, nightly, manual, retry
     trigger: Mapped[str] = mapped_column(String(100), default="")
     dry_run: Mapped[bool] = mapped_column(Boolean, default=False)
+    full: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # read everything again
     status: Mapped[RunStatus] = mapped_column(
         Enum(RunStatus, name="run_status", native_enum=False, length=20), default=RunStatus.queued
     )

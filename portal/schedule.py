@@ -66,9 +66,9 @@ def schedule_retry(integration_id: int) -> None:
 
 def start_run(integration: CrmIntegration, kind: str, *, dry_run: bool = False, steps: list[str] | None = None,
               lead_ids: list[int] | None = None, failure_ids: list[int] | None = None,
-              trigger: str = "") -> SyncRun:
-    """Queue a run now: push at once on its own queue, the rest on the nightly queue."""
-    run = new_run(integration, kind, dry_run=dry_run, trigger=trigger)
+              trigger: str = "", full: bool = False) -> SyncRun:
+    """Queue a run now: push at once on its own queue, the rest on the nightly queue (``full``: read everything)."""
+    run = new_run(integration, kind, dry_run=dry_run, trigger=trigger, full=full)
     queue_name = queues.QUEUE_PUSH if kind in ("push", "retry") else queues.QUEUE_NIGHTLY
     try:
         job = queues.queue(queue_name).enqueue("jobs.sync.run", run.id, steps, lead_ids, failure_ids,

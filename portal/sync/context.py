@@ -6,7 +6,7 @@ Every write of a run, to the CRM or to the portal's data, goes through here; a P
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from flask import current_app
@@ -18,6 +18,7 @@ from ..models import CrmIntegration, utcnow
 from ..platform_models import CrmLink, Lead, SyncRun
 from .gateway import CrmGateway
 from .recorder import DB_CHUNK, Recorder, StepCounts
+from .watermarks import Watermarks
 
 BATCH = 1000  # requests per ExecuteMultiple batch
 
@@ -26,6 +27,18 @@ def chunked(values: Sequence, size: int) -> Iterator[list]:
     """The values, ``size`` at a time."""
     for i in range(0, len(values), size):
         yield list(values[i:i + size])
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    """Any iterable, ``size`` items at a time (a stream of records stays a page in memory)."""
+    batch: list = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class Context:
@@ -42,6 +55,14 @@ class Context:
         self._pending_links: list[dict] = []
         self.would_create: set[str] = set()  # in a Preview: emails of the people it would have created
         self.rec = Recorder(run, self.commit)
+        self._watermarks: Watermarks | None = None
+
+    @property
+    def watermarks(self) -> Watermarks:
+        """How far the pull steps have read this integration's CRM (loaded when a pull step first asks)."""
+        if self._watermarks is None:
+            self._watermarks = Watermarks(self.integration.id, full=bool(self.run.full), writes=self.writes)
+        return self._watermarks
 
     @property
     def counts(self) -> StepCounts:

@@ -35,6 +35,7 @@ class StepCounts:
     skipped: int = 0
     failed: int = 0
     read: int = 0
+    deleted: int = 0  # records found deleted in the CRM (a full read)
     note: str = ""
     samples: list[str] = field(default_factory=list)
 
@@ -94,7 +95,7 @@ class Recorder:
             steps = self.run.steps
             steps.append({"name": name, "title": STEP_TITLES.get(name, name), "status": status,
                           "created": c.created, "updated": c.updated, "skipped": c.skipped, "failed": c.failed,
-                          "read": c.read, "note": c.note, "samples": c.samples[:5],
+                          "read": c.read, "deleted": c.deleted, "note": c.note, "samples": c.samples[:5],
                           "seconds": round((utcnow() - started).total_seconds(), 2)})
             self.run.steps_json = json.dumps(steps)
             self.run.created_count += c.created

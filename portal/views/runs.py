@@ -57,8 +57,8 @@ def history(integration_id: int):
     return resp
 
 
-def _start(integration_id: int, *, dry_run: bool):
-    """Sync now or Preview: refuse with a reason, or queue the run; then the list (htmx) or PRG."""
+def _start(integration_id: int, *, dry_run: bool, full: bool = False):
+    """Sync now, Preview or Resync everything: refuse with a reason, or queue the run; then the list or PRG."""
     integration = own_integration(integration_id)
     require_csrf()
     refusal = ledger.start_refusal(integration, "manual")
@@ -67,13 +67,14 @@ def _start(integration_id: int, *, dry_run: bool):
         flash(refusal, "error")
         status = 409
     else:
-        what = "Preview" if dry_run else "Sync now"
-        run = schedule.start_run(integration, "manual", dry_run=dry_run,
+        what = "Preview" if dry_run else "Resync everything" if full else "Sync now"
+        run = schedule.start_run(integration, "manual", dry_run=dry_run, full=full,
                                  trigger=f"{what} · {current_user.email}"[:100])
-        audit(current_user, integration.organization_id, "asked for a preview" if dry_run else "started a sync",
-              [], integration.id)
+        audit(current_user, integration.organization_id, "asked for a preview" if dry_run
+              else "started a full resync" if full else "started a sync", [], integration.id)
         db.session.commit()
         flash(f"Preview #{run.id} queued: it reads the CRM and changes nothing." if dry_run
+              else f"Run #{run.id} queued: it reads every CRM record again." if full
               else f"Run #{run.id} queued.", "success")
     if is_htmx():
         return fragment("runs/_runs.html", status=status, **_history_context(integration))
@@ -85,6 +86,13 @@ def _start(integration_id: int, *, dry_run: bool):
 def sync_now(integration_id: int):
     """Sync now: queue a manual run of the nightly steps."""
     return _start(integration_id, dry_run=False)
+
+
+@bp.route("/<int:integration_id>/runs/resync", methods=["POST"])
+@admin_required
+def resync(integration_id: int):
+    """Resync everything: a manual run that reads every CRM record, not only those changed since the last run."""
+    return _start(integration_id, dry_run=False, full=True)
 
 
 @bp.route("/<int:integration_id>/runs/preview", methods=["POST"])

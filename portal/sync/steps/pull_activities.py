@@ -7,9 +7,10 @@ from sqlalchemy import select
 from ...connectors.dynamics.xml import EntityReference
 from ...extensions import db
 from ...platform_models import CrmActivity
-from ..context import Context, chunked
+from ..context import Context, batched
 from ..gateway import LOOKUP_CHUNK
 from ..mapping import activity_values
+from ..watermarks import follow
 from .base import Step
 
 COLUMNS = ["activityid", "activitytypecode", "subject", "statecode", "statuscode", "prioritycode", "scheduledend",
@@ -26,10 +27,10 @@ class PullActivities(Step):
         """The activities regarding every linked lead, kept or updated."""
         c = ctx.counts
         guids = ctx.linked_guids()
-        for keys in chunked(sorted(guids), LOOKUP_CHUNK):
+        records = follow(ctx, self.name, "activitypointer", COLUMNS, "regardingobjectid", guids, order="activityid")
+        for batch in batched(records, LOOKUP_CHUNK):
             acts = []
-            for act in ctx.gateway.fetch_in("activitypointer", COLUMNS, "regardingobjectid", keys,
-                                            order="activityid"):
+            for act in batch:
                 c.read += 1
                 regarding = act.attributes.get("regardingobjectid")
                 lead_id = guids.get(regarding.id.lower()) if isinstance(regarding, EntityReference) else None

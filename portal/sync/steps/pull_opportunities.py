@@ -6,9 +6,10 @@ from sqlalchemy import select
 
 from ...extensions import db
 from ...platform_models import Lead, LeadOrigin, Opportunity, normalize_email
-from ..context import Context, chunked
+from ..context import Context, batched, chunked
 from ..gateway import LOOKUP_CHUNK
 from ..mapping import opportunity_values
+from ..watermarks import about, follow
 from .base import Step
 
 COLUMNS = ["opportunityid", "name", "statecode", "estimatedvalue", "actualvalue", "estimatedclosedate",
@@ -40,13 +41,11 @@ class PullOpportunities(Step):
         integ = ctx.integration
         if self._from_leads(integ):
             guids = ctx.linked_guids("lead")
-            for keys in chunked(sorted(guids), LOOKUP_CHUNK):
-                found = []
-                for opp in ctx.gateway.fetch_in("opportunity", COLUMNS, "originatingleadid", keys,
-                                                order="opportunityid"):
-                    ref = opp.attributes.get("originatingleadid")
-                    found.append((opp, guids.get(ref.id.lower()) if ref else None))
-                self._keep(ctx, found, "originating-lead")
+            records = follow(ctx, f"{self.name}:lead", "opportunity", COLUMNS, "originatingleadid", guids,
+                             order="opportunityid")
+            for batch in batched(records, LOOKUP_CHUNK):
+                self._keep(ctx, [(opp, guids.get(about(opp, "originatingleadid"))) for opp in batch],
+                           "originating-lead")
         if self._by_contact(integ):
             emails = dict(db.session.execute(select(Lead.email_normalized, Lead.id).where(
                 Lead.organization_id == ctx.org_id, Lead.origin == LeadOrigin.distributed)).all())

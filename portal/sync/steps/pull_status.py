@@ -7,9 +7,10 @@ from sqlalchemy import select
 from ...extensions import db
 from ...models import utcnow
 from ...platform_models import Acceptance, Lead, LeadOrigin
-from ..context import Context, chunked
+from ..context import Context, batched
 from ..gateway import LOOKUP_CHUNK
 from ..mapping import LEAD_STATE, lead_status, option
+from ..watermarks import follow
 from .base import Step
 
 
@@ -23,9 +24,10 @@ class PullStatus(Step):
         """The state and status of every linked CRM lead; a qualified or disqualified one answers its lead."""
         c = ctx.counts
         guids = ctx.linked_guids("lead")
-        for keys in chunked(sorted(guids), LOOKUP_CHUNK):
+        records = follow(ctx, self.name, "lead", ["leadid", "statecode", "statuscode"], "leadid", guids)
+        for batch in batched(records, LOOKUP_CHUNK):
             changes = []
-            for rec in ctx.gateway.fetch_in("lead", ["leadid", "statecode", "statuscode"], "leadid", keys):
+            for rec in batch:
                 c.read += 1
                 state = option(rec.attributes.get("statecode"))
                 status = option(rec.attributes.get("statuscode"))
