@@ -31,7 +31,9 @@ def create_app(overrides: dict | None = None) -> Flask:
     login_manager.session_protection = "strong"
     queues.init_app(app)
 
-    from .views import api, auth, integrations, leads, runs, settings, tokens
+    from .views import RowIdConverter, api, auth, integrations, leads, runs, settings, tokens
+
+    app.url_map.converters["int"] = RowIdConverter
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(settings.bp)
@@ -61,7 +63,15 @@ def _error_pages(app: Flask) -> None:
         return render_template("errors/403.html"), 403
 
     @app.errorhandler(404)
+    @app.errorhandler(405)
     def not_found(err):
+        if request.path.startswith("/api/"):
+            # No route matched (e.g. an id too large to be one), so the API blueprint's handlers never ran.
+            from .views.api import error
+
+            return error(404, "not_found", f"Nothing at {request.path}: check the address and the id.")
+        if err.code == 405:
+            return err
         return render_template("errors/404.html"), 404
 
     @app.errorhandler(CSRFError)

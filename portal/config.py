@@ -67,6 +67,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "REDIS_URL": env_str("REDIS_URL"),
         "PLATFORM_NAME": env_str("PLATFORM_NAME", "ZiftONE"),
         "CRM_ALLOWED_NETWORKS": env_str("CRM_ALLOWED_NETWORKS"),
+        "CRM_ALLOWED_ENDPOINTS": env_str("CRM_ALLOWED_ENDPOINTS"),
         # Dynamics 365 online: where Microsoft Entra ID signs the portal in (the sandbox stands in for it on
         # loopback), and a CA bundle to trust instead of the public ones (only for a CRM with a private CA).
         "CRM_AUTHORITY_HOST": env_str("CRM_AUTHORITY_HOST", "https://login.microsoftonline.com"),

@@ -42,6 +42,21 @@ def _port_or_free(preferred: int) -> int:
             return free_port()
 
 
+def allow_sandbox(env: dict[str, str], *ports: int) -> None:
+    """Let the portal reach exactly the sandbox's address and ports (on-premises and online), not the rest of loopback.
+
+    Tenant administrators choose the URLs the connection test reaches: allowing all of loopback would let
+    them probe every local service (Redis, PostgreSQL...) through it.
+    """
+    current = [e.strip() for e in env.get("CRM_ALLOWED_ENDPOINTS", "").split(",") if e.strip()]
+    for port in ports:
+        entry = f"127.0.0.1:{port}"
+        if entry not in current:
+            current.append(entry)
+    env["CRM_ALLOWED_ENDPOINTS"] = ",".join(current)
+    print(f"* CRM_ALLOWED_ENDPOINTS={env['CRM_ALLOWED_ENDPOINTS']} so the portal may reach the sandbox CRM only")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start everything, print the address and the logins, and stop it all on Ctrl-C."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -94,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 env["CRM_AUTHORITY_HOST"] = online
                 env.setdefault("CRM_CA_BUNDLE", str(data / "tls-cert.pem"))
                 print(f"* CRM_AUTHORITY_HOST={online}: the sandbox signs Dynamics 365 online connections in")
-            if not env.get("CRM_ALLOWED_NETWORKS"):
-                # The demo CRM runs on this machine; real deployments leave loopback refused.
-                env["CRM_ALLOWED_NETWORKS"] = "127.0.0.0/8,::1/128"
-                print("* CRM_ALLOWED_NETWORKS=127.0.0.0/8,::1/128 so the portal may reach the local sandbox CRM")
+            allow_sandbox(env, port, tls_port)
             print(f"* Sandbox CRM: {sandbox['org_url']} (user {DOMAIN}\\{USERNAME})")
             print(f"* Sandbox Dynamics 365 online: {online} (tenant {TENANT_ID}, client {CLIENT_ID}); the demo "
                   "partner has both kinds saved: choose the kind under CRM Connection Settings")

@@ -37,7 +37,10 @@ def build_forms(integration: CrmIntegration, posted: str | None = None) -> dict:
     general = GeneralForm(formdata=request.form if posted == "general" else None, obj=integration, prefix="general")
     general.supplier_id.choices = choices([(0, "— Choose a supplier —"), *_supplier_choices(integration)])
     if posted != "general":
-        general.supplier_id.data = integration.supplier_id or 0
+        suppliers = _supplier_choices(integration)
+        # A partner of exactly one supplier has nothing to choose: that supplier is preselected.
+        only = suppliers[0][0] if len(suppliers) == 1 else 0
+        general.supplier_id.data = integration.supplier_id or only
     connection_data = None
     if posted == "connection":
         # A post without the kind (a page from before it existed, a script) keeps the saved kind.

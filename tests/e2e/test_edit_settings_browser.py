@@ -107,7 +107,8 @@ def test_general_settings_save_in_place(page: Page, stack: LiveStack):
     expect(page).to_have_url(re.compile(rf"/settings/crm/{stack.integration_id}/edit$"))
     general = page.locator("#general")
     supplier = general.get_by_label("Supplier")
-    expect(supplier).to_have_value("0")  # a fresh integration asks for a choice
+    # The demo partner has exactly one supplier: a fresh integration has it preselected.
+    expect(supplier.locator("option:checked")).to_have_text("Demo Supplier")
     supplier.select_option(label="Demo Supplier")
     general.get_by_label("Leads", exact=True).check()
     mark_page(page)

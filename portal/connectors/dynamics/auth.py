@@ -15,7 +15,7 @@ import requests
 
 from .errors import AuthFailedError, DynamicsError, InvalidUrlError
 from .transport import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_USER_AGENT, GuardedAdapter, map_request_exception
-from .urlguard import IPNetwork, check_url
+from .urlguard import Endpoint, IPNetwork, check_url
 
 log = logging.getLogger("portal.connectors.dynamics")
 
@@ -70,6 +70,7 @@ class OnlineConfig:
     read_timeout: float = 120.0
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     allowed_networks: tuple[IPNetwork, ...] = ()
+    allowed_endpoints: tuple[Endpoint, ...] = ()
     user_agent: str = DEFAULT_USER_AGENT
     max_parallel: int = 2
     cache_key: str = ""
@@ -205,7 +206,7 @@ def guarded_session(config: OnlineConfig) -> requests.Session:
     session.trust_env = False
     session.verify = (config.ca_bundle or True) if config.verify_tls else False
     session.headers.update({"User-Agent": config.user_agent})
-    adapter = GuardedAdapter(config.allowed_networks, max_retries=0)
+    adapter = GuardedAdapter(config.allowed_networks, config.allowed_endpoints, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -220,7 +221,7 @@ class _GuardedHttpClient:
         self.requests_sent = 0
 
     def _call(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        check_url(url, self.config.allowed_networks)
+        check_url(url, self.config.allowed_networks, self.config.allowed_endpoints)
         self.requests_sent += 1
         kwargs.setdefault("timeout", (self.config.connect_timeout, self.config.read_timeout))
         kwargs["allow_redirects"] = False
@@ -281,7 +282,7 @@ class TokenProvider:
         if not config.client_id.strip():
             raise ClientIdError("The application (client) id is empty.")
         try:
-            check_url(config.authority, config.allowed_networks)
+            check_url(config.authority, config.allowed_networks, config.allowed_endpoints)
         except InvalidUrlError as exc:
             raise TenantNotFoundError(f"The tenant id does not make a valid sign-in address: {exc.message}") from exc
         credential: Any

@@ -56,7 +56,7 @@ def test_online_connection(
     transport: BearerTransport | None = None
     try:
         def url_check() -> CheckedUrl:
-            checked = check_url(config.environment_url, config.allowed_networks)
+            checked = check_url(config.environment_url, config.allowed_networks, config.allowed_endpoints)
             if checked.scheme != "https":
                 raise InvalidUrlError("The environment URL must start with https://.",
                                       action="Copy the Environment URL from the Power Platform admin center.")

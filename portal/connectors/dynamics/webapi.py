@@ -191,7 +191,8 @@ class BearerTransport(Transport):
         self.session.auth = _BearerAuth(self.provider)
         self.session.verify = (config.ca_bundle or True) if config.verify_tls else False
         self.session.headers.update({"User-Agent": config.user_agent, "Connection": "Keep-Alive"})
-        adapter = GuardedAdapter(config.allowed_networks, max_retries=0, pool_maxsize=max(4, config.max_parallel))
+        adapter = GuardedAdapter(config.allowed_networks, config.allowed_endpoints, max_retries=0,
+                                 pool_maxsize=max(4, config.max_parallel))
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
