@@ -54,9 +54,11 @@ def test_launcher_serves_the_demo_and_ctrl_c_stops_everything(tmp_path):
         discovery = requests.get(f"https://127.0.0.1:{tls_port}/{TENANT_ID}/v2.0/.well-known/openid-configuration",
                                  verify=str(tmp_path / "sandbox" / "tls-cert.pem"), timeout=5)
         assert discovery.json()["token_endpoint"].startswith(f"https://127.0.0.1:{tls_port}/")
+        import contextlib
         import sqlite3
 
-        with sqlite3.connect(tmp_path / "portal.sqlite3") as conn:
+        # closing(): a connection's own "with" only commits; an unclosed one warns on Python 3.13.
+        with contextlib.closing(sqlite3.connect(tmp_path / "portal.sqlite3")) as conn:
             kind, environment, secret, org_url = conn.execute(
                 "SELECT connection_kind, environment_url, client_secret_encrypted, org_url FROM crm_integrations"
             ).fetchone()
