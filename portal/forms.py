@@ -326,3 +326,19 @@ class DistributeForm(PortalForm):
     country = StringField("Country", validators=[Optional(), Length(max=100)])
     description = StringField("Description", validators=[Optional(), Length(max=4000)], widget=widgets.TextArea())
     score = IntegerField("Score", validators=[Optional(), NumberRange(min=0, max=100, message="From 0 to 100.")])
+
+
+def _printable(form, field) -> None:
+    """Refuse control characters (a NUL would not even reach PostgreSQL)."""
+    if field.data and any(ord(ch) < 32 or 0xD800 <= ord(ch) <= 0xDFFF for ch in field.data):
+        raise ValidationError("Use letters, digits and punctuation only.")
+
+
+class ContactListForm(FlaskForm):
+    """A contact list made from one of the CRM's marketing lists (read live), named, kept in sync or not."""
+
+    crm_list_id = SelectField("CRM marketing list", validate_choice=False,
+                              validators=[DataRequired(message="Choose one of your CRM's marketing lists.")])
+    name = StringField("Contact list name", validators=[DataRequired(message="Name the contact list."),
+                                                        Length(max=200), _printable])
+    keep_in_sync = BooleanField("Keep list in sync with CRM Leads", default=True)

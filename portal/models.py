@@ -318,7 +318,19 @@ class CrmIntegration(db.Model):
         return bool(self.last_test_ok) and self.last_test_fingerprint == self.connection_fingerprint()
 
     def switch_on_refusal(self) -> str | None:
-        """Why the integration cannot be switched On now, or None when it can (L2)."""
+        """Why the integration cannot be switched On now, or None when it can (L2, and something to sync)."""
+        problem = self.connection_refusal()
+        if problem:
+            return problem
+        missing = self.setup_missing
+        if missing:
+            # On with no supplier or no profile would sync nothing at all.
+            named = [title if anchor == "general" else f"the {title}" for anchor, title, _ in missing]
+            return f"Save {' and '.join(named)} first: {'; '.join(why for _, _, why in missing)}."
+        return None
+
+    def connection_refusal(self) -> str | None:
+        """Why the saved connection cannot be used yet (not saved, not tested, or changed since), or None."""
         if not self.connection_complete:
             needed = ("environment URL, tenant id, application (client) id and a client secret or certificate"
                       if self.is_online else "username, password and Organization Web Service URL")
@@ -335,11 +347,28 @@ class CrmIntegration(db.Model):
         return None
 
     @property
+    def setup_missing(self) -> list[tuple[str, str, str]]:
+        """The Edit Settings sections still to save before On makes sense: (anchor, title, why)."""
+        missing = []
+        if not self.supplier_id:
+            missing.append(("general", "General Settings",
+                            "choose the supplier whose program this CRM connection serves"))
+        if not (self.marketing_automation or self.lead_distribution):
+            missing.append(("usage", "Usage Profile",
+                            "choose Marketing Automation, Lead Distribution or both, or nothing would be synced"))
+        return missing
+
+    @property
     def state(self) -> IntegrationState:
         """Off, On or Error, as the listing shows it."""
         if self.error_code:
             return IntegrationState.error
         return IntegrationState.on if self.enabled else IntegrationState.off
+
+    @property
+    def error_from_sync(self) -> bool:
+        """True when the banner's error came from a sync: the last connection test had passed."""
+        return bool(self.error_code) and bool(self.last_test_ok)
 
     def set_error(self, code: str, message: str, action: str) -> None:
         """Raise the banner under the listing row (L3)."""

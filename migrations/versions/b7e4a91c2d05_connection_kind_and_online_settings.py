@@ -1,7 +1,7 @@
 """Connection kind and the Dynamics 365 online settings of an integration
 
 Revision ID: b7e4a91c2d05
-Revises: bfb0591f801d
+Revises: dec6035e20de
 Create Date: 2026-11-30 07:30:00
 
 """
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = 'b7e4a91c2d05'
-down_revision = 'bfb0591f801d'
+down_revision = 'dec6035e20de'
 branch_labels = None
 depends_on = None
 

@@ -67,8 +67,10 @@ def _last_test(integration: CrmIntegration) -> BackgroundJob | None:
 
 
 def _context(integration: CrmIntegration, forms: dict, saved: str | None = None) -> dict:
-    return {"row": integration, "forms": forms, "saved": saved, "test": _last_test(integration),
-            "stuck": False, "platform": current_app.config["PLATFORM_NAME"]}
+    test = _last_test(integration)
+    stuck = test is not None and not test.done and jobs_state.is_stuck_in_queue(test)
+    return {"row": integration, "forms": forms, "saved": saved, "test": test,
+            "stuck": stuck, "platform": current_app.config["PLATFORM_NAME"]}
 
 
 def _page(integration: CrmIntegration, forms: dict, status: int = 200, saved: str | None = None):

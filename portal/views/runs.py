@@ -107,7 +107,8 @@ def _detail_context(integration: CrmIntegration, run: SyncRun) -> dict:
     failures, total = ledger.failures_of(run)
     pending = ledger.pending_count(run) if total else 0
     return {"row": integration, "run": run, "failures": failures, "failure_total": total, "pending": pending,
-            "shown_limit": ledger.FAILURES_SHOWN, "csrf_form": CsrfOnlyForm()}
+            "shown_limit": ledger.FAILURES_SHOWN, "csrf_form": CsrfOnlyForm(),
+            "record_names": ledger.record_names(failures)}
 
 
 @bp.route("/<int:integration_id>/runs/<int:run_id>")

@@ -51,6 +51,16 @@ def test_choose_online_save_test_switch_on_and_back(page: Page, stack: LiveStack
     assert saved["connection_kind"] == "online" and saved["last_test_ok"] is True
     screenshot(page, "07-online-save-and-test-passed")
 
+    # On also needs General Settings and a Usage Profile saved (other sections, tested on their own).
+    from portal.extensions import db
+    from portal.models import CrmIntegration
+
+    with stack.app.app_context():
+        integ = db.session.get(CrmIntegration, stack.integration_id)
+        integ.supplier_id = integ.organization.suppliers[0].id
+        integ.marketing_automation = True
+        db.session.commit()
+        db.session.remove()
     page.get_by_role("navigation", name="breadcrumb").get_by_role("link", name="CRM Settings").click()
     dynamics = row(page, stack)
     switch = dynamics.get_by_role("switch")

@@ -104,6 +104,11 @@ def test_save_and_test_online_then_switch_on(app, client, auth, connected):
         assert "Sign-in (Microsoft Entra ID)" in job.result_json and crm.client_secret not in job.result_json
     saved = row(app, iid)
     assert saved.test_passed_on_saved_settings and saved.lead_source_value == 100000000
+    with app.app_context():  # On also needs a supplier and a usage profile (General Settings, Usage Profile)
+        integ = db.session.get(CrmIntegration, iid)
+        integ.supplier_id = integ.organization.suppliers[0].id
+        integ.marketing_automation = True
+        db.session.commit()
     token = auth.token("/settings/crm")
     resp = client.post(f"/settings/crm/{iid}/toggle", data={"state": "on", "csrf_token": token})
     assert resp.status_code in (200, 302)
