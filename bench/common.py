@@ -69,9 +69,12 @@ def stack(sandbox_threads: int = 8) -> Iterator[Stack]:
             "DATABASE_URL": url, "REDIS_URL": redis_url, "SECRET_KEY": "bench-secret",
             "PORTAL_ENCRYPTION_KEYS": Fernet.generate_key().decode(), "PORTAL_INSTANCE_PATH": str(folder),
             "CRM_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128", "PYTHONUNBUFFERED": "1",
+            # Dynamics 365 online: the sandbox's TLS port stands in for Microsoft Entra ID.
+            "CRM_AUTHORITY_HOST": crm.authority_host, "CRM_CA_BUNDLE": crm.ca_file,
         })
         os.environ.update({k: env[k] for k in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "PORTAL_ENCRYPTION_KEYS",
-                                               "PORTAL_INSTANCE_PATH", "CRM_ALLOWED_NETWORKS")})
+                                               "PORTAL_INSTANCE_PATH", "CRM_ALLOWED_NETWORKS", "CRM_AUTHORITY_HOST",
+                                               "CRM_CA_BUNDLE")})
         from portal import create_app
 
         app = create_app()
@@ -106,6 +109,10 @@ def partner_with_integration(st: Stack, name: str = "Bench Partner", **settings)
         crm = st.sandbox
         integ.username, integ.domain, integ.org_url = crm.username, crm.domain, crm.org_url
         integ.password_encrypted = encrypt(crm.password)
+        if settings.pop("online", False):
+            integ.connection_kind = "online"
+            integ.environment_url, integ.tenant_id, integ.client_id = crm.environment_url, crm.tenant_id, crm.client_id
+            integ.client_secret_encrypted = encrypt(crm.client_secret)
         integ.lead_source_value = 100000000
         integ.enabled = True
         for key, value in settings.items():

@@ -15,7 +15,8 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
     from flask import current_app
 
     from portal.connection import config_for
-    from portal.connectors.dynamics import DynamicsError, test_connection
+    from portal.connectors.dynamics import DynamicsError
+    from portal.connectors.dynamics.factory import open_service, run_connection_test
     from portal.crypto import SecretUnreadable
     from portal.extensions import db
     from portal.jobs_state import add_step, finish_job, start_job
@@ -29,25 +30,25 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
     try:
         config = config_for(integration)
     except SecretUnreadable as exc:
+        what = "client secret (or certificate)" if integration.is_online else "CRM password"
         error = {"code": "secret_unreadable", "message": str(exc),
-                 "action": "Enter the CRM password again in CRM Connection Settings and save."}
+                 "action": f"Enter the {what} again in CRM Connection Settings and save."}
         record_test(integration, ok=False, fingerprint=fingerprint, message=error["message"], error=error)
         finish_job(job_id, ok=False, message=error["message"], result={"ok": False, "steps": [], "error": error})
         return {"ok": False}
 
     if add_lead_source:
-        from portal.connectors.dynamics import OrganizationService, Transport
-
         try:
-            with Transport(config) as transport:
-                value = OrganizationService(transport).ensure_option(platform)
+            service, transport = open_service(config)
+            with transport:
+                value = service.ensure_option(platform)
             add_step(job_id, {"name": "Add lead source option", "ok": True,
                               "detail": f"'{platform}' is option {value} of Lead Source, published"})
         except DynamicsError as exc:
             add_step(job_id, {"name": "Add lead source option", "ok": False, "detail": exc.message})
 
-    result = test_connection(config, platform_name=platform,
-                             on_step=lambda step: add_step(job_id, step.to_dict()))
+    result = run_connection_test(config, platform_name=platform,
+                                 on_step=lambda step: add_step(job_id, step.to_dict()))
     data = result.to_dict()
     user = _user_name(config, result.user_id) if result.ok else None
     data["user_name"] = user
@@ -71,11 +72,13 @@ def _user_name(config, user_id: str | None) -> str | None:
     """The CRM user's full name for the success message (best effort: the test already passed)."""
     if not user_id:
         return None
-    from portal.connectors.dynamics import DynamicsError, OrganizationService, Transport
+    from portal.connectors.dynamics import DynamicsError
+    from portal.connectors.dynamics.factory import open_service
 
     try:
-        with Transport(config) as transport:
-            entity = OrganizationService(transport).retrieve("systemuser", user_id, ["fullname", "domainname"])
+        service, transport = open_service(config)
+        with transport:
+            entity = service.retrieve("systemuser", user_id, ["fullname", "domainname"])
         name = entity.attributes.get("fullname")
         domain_name = entity.attributes.get("domainname")
         return f"{name} ({domain_name})" if name and domain_name else name or domain_name

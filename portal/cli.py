@@ -177,6 +177,15 @@ def seed_demo_data(sandbox: dict | None = None) -> list[tuple[str, str, str, str
         integration.password_encrypted = encrypt(sandbox["password"])
         integration.org_url = sandbox["org_url"]
         integration.odata_url = sandbox.get("odata_url", "")
+    # The online kind's values are saved too (the kind stays as chosen), so switching kind shows both at work.
+    if sandbox and sandbox.get("environment_url") and (
+            not integration.environment_url or integration.environment_url.startswith("https://127.0.0.1:")):
+        from .crypto import encrypt
+
+        integration.environment_url = sandbox["environment_url"]
+        integration.tenant_id, integration.client_id = sandbox["tenant_id"], sandbox["client_id"]
+        integration.client_secret_encrypted = encrypt(sandbox["client_secret"])
+        integration.client_certificate_encrypted = None
     db.session.commit()
     return [(e, p, r.value, o) for e, p, r, o in DEMO_LOGINS]
 

@@ -40,7 +40,36 @@ def test_connection_cmd(org_url, odata_url, username, password, password_stdin, 
         organization=organization, ca_bundle=ca_bundle,
     )
     result = test_connection(config, platform_name=current_app.config["PLATFORM_NAME"])
-    data = result.to_dict()
+    _report(result.to_dict(), as_json)
+
+
+@crm.command("test-online")
+@click.option("--environment-url", required=True, help="https://<org>.crm<N>.dynamics.com")
+@click.option("--tenant-id", required=True, help="the Directory (tenant) ID of the app registration")
+@click.option("--client-id", required=True, help="the Application (client) ID")
+@click.option("--client-secret-stdin", is_flag=True, help="read the client secret from standard input")
+@click.option("--certificate", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="a PEM file with the private key and the certificate, instead of a secret")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def test_online_cmd(environment_url, tenant_id, client_id, client_secret_stdin, certificate, as_json) -> None:
+    """Run every step of the Dynamics 365 online connection test; exit 0 when it passes."""
+    secret = sys.stdin.readline().rstrip("\r\n") if client_secret_stdin else ""
+    pem = ""
+    if certificate:
+        with open(certificate, encoding="utf-8") as fh:
+            pem = fh.read()
+    if not secret and not pem:
+        raise click.UsageError("Give the client secret with --client-secret-stdin, or --certificate.")
+    from .connection import online_config
+    from .connectors.dynamics.factory import run_connection_test
+
+    config = online_config(environment_url=environment_url, tenant_id=tenant_id, client_id=client_id,
+                           client_secret=secret, certificate_pem=pem)
+    _report(run_connection_test(config, platform_name=current_app.config["PLATFORM_NAME"]).to_dict(), as_json)
+
+
+def _report(data: dict, as_json: bool) -> None:
+    """Print the steps and the outcome (or one JSON object), and exit 0 when the test passed."""
     if as_json:
         click.echo(json.dumps(data))
     else:

@@ -82,6 +82,10 @@ def load_config(overrides: dict | None = None) -> dict:
         "PLATFORM_NAME": env_str("PLATFORM_NAME", "ZiftONE"),
         "CRM_ALLOWED_NETWORKS": env_str("CRM_ALLOWED_NETWORKS"),
         "CRM_ALLOWED_ENDPOINTS": env_str("CRM_ALLOWED_ENDPOINTS"),
+        # Dynamics 365 online: where Microsoft Entra ID signs the portal in (the sandbox stands in for it on
+        # loopback), and a CA bundle to trust instead of the public ones (only for a CRM with a private CA).
+        "CRM_AUTHORITY_HOST": env_str("CRM_AUTHORITY_HOST", "https://login.microsoftonline.com"),
+        "CRM_CA_BUNDLE": env_str("CRM_CA_BUNDLE"),
         "SMTP_HOST": env_str("SMTP_HOST"),
         "SMTP_PORT": env_int("SMTP_PORT", 25),
         "SMTP_FROM": env_str("SMTP_FROM", "portal@localhost"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import current_app
 
 from .connectors.dynamics import ConnectionConfig, parse_allowed_endpoints, parse_allowed_networks
+from .connectors.dynamics.auth import DEFAULT_AUTHORITY_HOST, OnlineConfig
 from .crypto import decrypt
 from .models import CrmIntegration
 
@@ -35,12 +36,34 @@ def _allowed_endpoints():
     return tuple(parse_allowed_endpoints(current_app.config.get("CRM_ALLOWED_ENDPOINTS", "")))
 
 
-def config_for(integration: CrmIntegration) -> ConnectionConfig:
-    """The connector config for a saved integration (decrypts the password in memory only)."""
+def config_for(integration: CrmIntegration) -> ConnectionConfig | OnlineConfig:
+    """The connector config for a saved integration, of its kind (decrypts secrets in memory only)."""
+    if integration.is_online:
+        return online_config(
+            environment_url=integration.environment_url, tenant_id=integration.tenant_id,
+            client_id=integration.client_id,
+            client_secret=decrypt(integration.client_secret_encrypted) if integration.client_secret_encrypted else "",
+            certificate_pem=(decrypt(integration.client_certificate_encrypted)
+                             if integration.client_certificate_encrypted else ""),
+            cache_key=str(integration.id),
+        )
     return connector_config(
         org_url=integration.org_url, odata_url=integration.odata_url, username=integration.username,
         password=decrypt(integration.password_encrypted) if integration.password_encrypted else "",
         domain=integration.domain, organization=integration.organization_name,
+    )
+
+
+def online_config(*, environment_url: str, tenant_id: str, client_id: str, client_secret: str = "",
+                  certificate_pem: str = "", cache_key: str = "") -> OnlineConfig:
+    """A Dynamics 365 online config with the portal's authority, CA bundle and URL-guard allowances."""
+    return OnlineConfig(
+        environment_url=environment_url.strip(), tenant_id=tenant_id.strip(), client_id=client_id.strip(),
+        client_secret=client_secret, certificate_pem=certificate_pem,
+        authority_host=current_app.config.get("CRM_AUTHORITY_HOST") or DEFAULT_AUTHORITY_HOST,
+        ca_bundle=current_app.config.get("CRM_CA_BUNDLE") or None,
+        allowed_networks=_allowed_networks(), allowed_endpoints=_allowed_endpoints(),
+        max_parallel=max(1, int(current_app.config.get("SYNC_PARALLEL_BATCHES", 2))), cache_key=cache_key,
     )
 
 

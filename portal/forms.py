@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -128,40 +129,123 @@ class GeneralForm(PortalForm):
     )
 
 
-class ConnectionForm(PortalForm):
-    """G2: CRM credentials and URLs. The password is write-only."""
+CONNECTION_KINDS = [("onprem", "On-premises (Windows sign-in)"), ("online", "Dynamics 365 online")]
+_GUID_RE = re.compile(r"^\{?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?$")
+_TENANT_DOMAIN_RE = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_HOST_RE = re.compile(r"^([a-z0-9-]+(\.[a-z0-9-]+)*\.?|[0-9a-f:.]+)$")
 
-    username = StringField("CRM username", validators=[InputRequired(message="Enter the CRM user name."),
-                                                       Length(max=200)])
+
+class ConnectionForm(PortalForm):
+    """G2: CRM credentials and URLs of either kind. Passwords, secrets and certificates are write-only.
+
+    Only the chosen kind's fields are required and saved; the other kind keeps what it had.
+    """
+
+    connection_kind = RadioField("Connection kind", choices=choices(CONNECTION_KINDS), default="onprem",
+                                 validators=[InputRequired(message="Choose how the portal connects.")])
+    username = StringField("CRM username", validators=[Length(max=200)])
     password = PasswordField("CRM password", validators=[Length(max=500)])
-    org_url = URLField("Organization Web Service URL",
-                       validators=[InputRequired(message="Enter the Organization Web Service URL."), Length(max=500)])
+    org_url = URLField("Organization Web Service URL", validators=[Length(max=500)])
     odata_url = URLField("OData Service URL", validators=[Optional(), Length(max=500)])
     domain = StringField("Domain (NTLM)", validators=[Optional(), Length(max=200)])
     organization_name = StringField("Organization name", validators=[Optional(), Length(max=200)])
+    environment_url = URLField("Environment URL", validators=[Length(max=500)])
+    tenant_id = StringField("Tenant id", validators=[Length(max=200)])
+    client_id = StringField("Application (client) id", validators=[Length(max=100)])
+    client_secret = PasswordField("Client secret", validators=[Length(max=1000)])
+    client_certificate = StringField("Certificate (instead of a secret)", widget=widgets.TextArea(),
+                                     validators=[Length(max=20000)])
 
-    def __init__(self, *args, has_password: bool = False, **kwargs):
+    def __init__(self, *args, has_password: bool = False, has_client_credential: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.has_password = has_password
+        self.has_client_credential = has_client_credential
+
+    @property
+    def online(self) -> bool:
+        """True when the chosen kind is Dynamics 365 online."""
+        return self.connection_kind.data == "online"
+
+    def validate_username(self, field) -> None:
+        if self.online:
+            return
+        if not (field.data or "").strip():
+            raise ValidationError("Enter the CRM user name.")
+        if field.data.count("\\") > 1:
+            raise ValidationError("Write the user as DOMAIN\\user or put the domain in its own field.")
 
     def validate_org_url(self, field) -> None:
+        if self.online:
+            return
+        if not (field.data or "").strip():
+            raise ValidationError("Enter the Organization Web Service URL.")
         problem = url_problem(field.data.strip(), must_end_with_web=True)
         if problem:
             raise ValidationError(problem)
 
     def validate_odata_url(self, field) -> None:
-        if field.data and field.data.strip():
+        if not self.online and field.data and field.data.strip():
             problem = url_problem(field.data.strip(), must_end_with_web=False)
             if problem:
                 raise ValidationError(problem)
 
     def validate_password(self, field) -> None:
-        if not self.has_password and not field.data:
+        if not self.online and not self.has_password and not field.data:
             raise ValidationError("Enter the CRM password.")
 
-    def validate_username(self, field) -> None:
-        if field.data.count("\\") > 1:
-            raise ValidationError("Write the user as DOMAIN\\user or put the domain in its own field.")
+    def validate_environment_url(self, field) -> None:
+        if not self.online:
+            return
+        value = (field.data or "").strip()
+        if not value:
+            raise ValidationError("Enter the environment URL, e.g. https://contoso.crm4.dynamics.com.")
+        if not value.isprintable() or any(ch.isspace() for ch in value):
+            raise ValidationError("The environment URL holds spaces or invisible characters: type it again.")
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise ValidationError("The environment URL cannot be read: type it as https://<org>.crm<N>.dynamics.com.") \
+                from exc
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValidationError("The environment URL starts with https://, e.g. https://contoso.crm4.dynamics.com.")
+        try:
+            parts.port  # noqa: B018 - reading it checks it
+        except ValueError as exc:
+            raise ValidationError("The environment URL has a port that is not a number from 1 to 65535.") from exc
+        if not _HOST_RE.match(parts.hostname):
+            raise ValidationError("The environment URL's host name is not valid, e.g. contoso.crm4.dynamics.com.")
+        if parts.username or parts.password or parts.query or parts.path.strip("/") not in ("", "api/data/v9.2"):
+            raise ValidationError("Enter the environment URL alone, without a path: https://<org>.crm<N>.dynamics.com.")
+
+    def validate_tenant_id(self, field) -> None:
+        value = (field.data or "").strip()
+        if self.online and not (_GUID_RE.match(value) or _TENANT_DOMAIN_RE.match(value)):
+            raise ValidationError("Enter the Directory (tenant) ID, a GUID such as "
+                                  "72f988bf-86f1-41af-91ab-2d7cd011db47 (or the tenant's domain, "
+                                  "contoso.onmicrosoft.com).")
+
+    def validate_client_id(self, field) -> None:
+        if self.online and not _GUID_RE.match((field.data or "").strip()):
+            raise ValidationError("Enter the Application (client) ID, a GUID such as "
+                                  "00001111-aaaa-2222-bbbb-3333cccc4444.")
+
+    def validate_client_secret(self, field) -> None:
+        if self.online and not field.data and not self.client_certificate.data and not self.has_client_credential:
+            raise ValidationError("Enter the client secret's value, or paste a certificate below.")
+
+    def validate_client_certificate(self, field) -> None:
+        value = (field.data or "").strip()
+        if not self.online or not value:
+            return
+        if "PRIVATE KEY-----" not in value or "BEGIN CERTIFICATE-----" not in value:
+            raise ValidationError("Paste the PEM with both the private key and the certificate "
+                                  "(-----BEGIN PRIVATE KEY----- … -----BEGIN CERTIFICATE----- …).")
+        from cryptography import x509
+
+        try:
+            x509.load_pem_x509_certificate(value[value.index("-----BEGIN CERTIFICATE-----"):].encode())
+        except ValueError as exc:
+            raise ValidationError("The certificate in the PEM cannot be read.") from exc
 
 
 class UsageForm(PortalForm):

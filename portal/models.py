@@ -200,7 +200,9 @@ class CrmIntegration(db.Model):
     __table_args__ = (UniqueConstraint("organization_id", "kind", name="uq_crm_integrations_org_kind"),)
 
     # Fields whose change needs a new passing connection test before the integration may stay On.
-    CONNECTION_FIELDS = ("username", "org_url", "odata_url", "domain", "organization_name", "password_encrypted")
+    CONNECTION_FIELDS = ("username", "org_url", "odata_url", "domain", "organization_name", "password_encrypted",
+                         "connection_kind", "environment_url", "tenant_id", "client_id", "client_secret_encrypted",
+                         "client_certificate_encrypted")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
@@ -219,6 +221,14 @@ class CrmIntegration(db.Model):
     domain: Mapped[str] = mapped_column(String(200), default="")
     organization_name: Mapped[str] = mapped_column(String(200), default="")
     connection_saved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # On-premises (Windows sign-in, the fields above) or Dynamics 365 online (OAuth client credentials, below).
+    # Each kind keeps its own values, so switching back and forth loses nothing.
+    connection_kind: Mapped[str] = mapped_column(String(20), default="onprem", server_default="onprem")
+    environment_url: Mapped[str] = mapped_column(String(500), default="", server_default="")
+    tenant_id: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    client_id: Mapped[str] = mapped_column(String(100), default="", server_default="")
+    client_secret_encrypted: Mapped[str | None] = mapped_column(Text)
+    client_certificate_encrypted: Mapped[str | None] = mapped_column(Text)
 
     # G3 Usage Profile: Marketing Automation
     marketing_automation: Mapped[bool] = mapped_column(Boolean, default=False)
@@ -266,6 +276,8 @@ class CrmIntegration(db.Model):
     @property
     def label(self) -> str:
         """The CRM's name as the listing shows it."""
+        if self.kind == catalog.DYNAMICS and self.is_online:
+            return "Microsoft Dynamics 365 (online)"
         return catalog.CRM_KINDS.get(self.kind, self.kind)
 
     @property
@@ -300,8 +312,20 @@ class CrmIntegration(db.Model):
         return bool(self.password_encrypted)
 
     @property
+    def is_online(self) -> bool:
+        """True for Dynamics 365 online (OAuth), False for on-premises (Windows sign-in)."""
+        return self.connection_kind == "online"
+
+    @property
+    def has_client_credential(self) -> bool:
+        """True when a client secret or a certificate is stored (online)."""
+        return bool(self.client_secret_encrypted or self.client_certificate_encrypted)
+
+    @property
     def connection_complete(self) -> bool:
-        """True when every required connection setting is saved."""
+        """True when every required connection setting of the chosen kind is saved."""
+        if self.is_online:
+            return bool(self.environment_url and self.tenant_id and self.client_id and self.has_client_credential)
         return bool(self.username and self.has_password and self.org_url)
 
     def connection_fingerprint(self) -> str:
@@ -329,10 +353,9 @@ class CrmIntegration(db.Model):
     def connection_refusal(self) -> str | None:
         """Why the saved connection cannot be used yet (not saved, not tested, or changed since), or None."""
         if not self.connection_complete:
-            return (
-                "Save the CRM Connection Settings first (username, password and Organization Web Service URL), "
-                "then use Save and Test CRM Connection."
-            )
+            needed = ("environment URL, tenant id, application (client) id and a client secret or certificate"
+                      if self.is_online else "username, password and Organization Web Service URL")
+            return f"Save the CRM Connection Settings first ({needed}), then use Save and Test CRM Connection."
         if self.last_test_ok is None:
             return "Test the connection first: open Edit Settings and use Save and Test CRM Connection."
         if not self.last_test_ok:

@@ -16,14 +16,14 @@ from .embedded import EmbeddedRedis, free_port
 log = logging.getLogger("portal.serve")
 
 
-def _wait_http(url: str, timeout: float = 20.0) -> None:
+def _wait_http(url: str, timeout: float = 20.0, verify: str | bool = True) -> None:
     """Wait until a URL answers at all (any status)."""
     import requests
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            requests.get(url, timeout=0.5, allow_redirects=False).close()
+            requests.get(url, timeout=0.5, allow_redirects=False, verify=verify).close()
             return
         except requests.RequestException:
             time.sleep(0.05)
@@ -42,16 +42,17 @@ def _port_or_free(preferred: int) -> int:
             return free_port()
 
 
-def allow_sandbox(env: dict[str, str], port: int) -> None:
-    """Let the portal reach exactly the sandbox's address and port, not the rest of loopback.
+def allow_sandbox(env: dict[str, str], *ports: int) -> None:
+    """Let the portal reach exactly the sandbox's address and ports (on-premises and online), not the rest of loopback.
 
     Tenant administrators choose the URLs the connection test reaches: allowing all of loopback would let
     them probe every local service (Redis, PostgreSQL...) through it.
     """
-    entry = f"127.0.0.1:{port}"
     current = [e.strip() for e in env.get("CRM_ALLOWED_ENDPOINTS", "").split(",") if e.strip()]
-    if entry not in current:
-        current.append(entry)
+    for port in ports:
+        entry = f"127.0.0.1:{port}"
+        if entry not in current:
+            current.append(entry)
     env["CRM_ALLOWED_ENDPOINTS"] = ",".join(current)
     print(f"* CRM_ALLOWED_ENDPOINTS={env['CRM_ALLOWED_ENDPOINTS']} so the portal may reach the sandbox CRM only")
 
@@ -83,21 +84,35 @@ def main(argv: list[str] | None = None) -> int:
             from sandbox.testing import DOMAIN, PASSWORD, USERNAME
 
             port = int(env.get("SANDBOX_PORT", "0")) or _port_or_free(5555)
+            tls_port = int(env.get("SANDBOX_TLS_PORT", "0")) or _port_or_free(5556)
             data = inst / "sandbox"
             children.append(subprocess.Popen(  # noqa: S603 - our own module
                 [sys.executable, "-m", "sandbox", "--port", str(port), "--data-dir", str(data), "--seed",
-                 "--platform-option"],
+                 "--platform-option", "--tls-port", str(tls_port)],
                 cwd=PROJECT_ROOT, env=env,
             ))
             base = f"http://127.0.0.1:{port}"
             _wait_http(base + "/_sandbox/faults")
+            from sandbox.online import CLIENT_ID, CLIENT_SECRET, TENANT_ID
+
+            online = f"https://127.0.0.1:{tls_port}"
+            _wait_http(online + "/api/data/v9.2/", verify=str(data / "tls-cert.pem"))
             sandbox = {
                 "org_url": f"{base}/demo/XRMServices/2011/Organization.svc/web",
                 "odata_url": f"{base}/demo/api/data/v8.2/",
                 "username": USERNAME, "domain": DOMAIN, "password": PASSWORD,
+                "environment_url": online, "tenant_id": TENANT_ID, "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
             }
-            allow_sandbox(env, port)
+            if not env.get("CRM_AUTHORITY_HOST"):
+                # The sandbox stands in for Microsoft Entra ID, with a certificate of its own.
+                env["CRM_AUTHORITY_HOST"] = online
+                env.setdefault("CRM_CA_BUNDLE", str(data / "tls-cert.pem"))
+                print(f"* CRM_AUTHORITY_HOST={online}: the sandbox signs Dynamics 365 online connections in")
+            allow_sandbox(env, port, tls_port)
             print(f"* Sandbox CRM: {sandbox['org_url']} (user {DOMAIN}\\{USERNAME})")
+            print(f"* Sandbox Dynamics 365 online: {online} (tenant {TENANT_ID}, client {CLIENT_ID}); the demo "
+                  "partner has both kinds saved: choose the kind under CRM Connection Settings")
         os.environ.update(env)
 
         from . import create_app

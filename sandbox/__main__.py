@@ -20,6 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--org", default="demo", help="organization name in the URL path")
     parser.add_argument("--seed", action="store_true", help="add demo records (idempotent)")
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--tls-port", type=int, default=int(os.environ.get("SANDBOX_TLS_PORT", "5556")),
+                        help="HTTPS port of the online mode (Entra token endpoint and Web API v9.2); 0 turns it off")
     parser.add_argument(
         "--platform-option",
         action=argparse.BooleanOptionalAction,
@@ -59,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"Web API:              http://{shown}:{args.port}/{args.org}/api/data/v8.2/", flush=True)
     print(f"Control API:          http://{shown}:{args.port}/_sandbox/ (data in {data_dir})", flush=True)
+    if args.tls_port:
+        from .online import CLIENT_ID, CLIENT_SECRET, TENANT_ID, OnlineApp, serve_tls
+
+        serve_tls(OnlineApp(app), host, args.tls_port, data_dir)
+        print(f"Online environment:   https://{shown}:{args.tls_port} (authority https://{shown}:{args.tls_port}, "
+              f"tenant {TENANT_ID}, client {CLIENT_ID}, secret {CLIENT_SECRET}, CA {data_dir / 'tls-cert.pem'})",
+              flush=True)
     waitress.serve(
         app,
         host=host,

@@ -101,6 +101,11 @@ class SandboxApp:
         # Authenticated answers given on each open connection (waitress channel), to tell a kept-alive one.
         self.served: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self.organization.injector = self.injector
+        from .online import Identity
+
+        self.identity = Identity()
+        self.identity.reset()
+        self._add_app_users()
         if seed:
             from .seed import seed as run_seed
 
@@ -362,6 +367,8 @@ class SandboxApp:
             self.store.wipe()
             self.crm.ensure_org()
             self.set_faults({}, replace=True)
+            self.identity.reset()
+            self._add_app_users()
             with self.stats_lock:
                 self.stats.clear()
             if payload.get("seed"):
@@ -384,9 +391,21 @@ class SandboxApp:
                     "ntlm_401": counts.get("ntlm:401", 0),
                     "ntlm_failed": counts.get("ntlm:failed", 0),
                     "claims_redirects": counts.get("claims_redirect", 0),
+                    "tokens_issued": counts.get("token:issued", 0),
+                    "bearer_401": sum(v for k, v in counts.items() if k.startswith("bearer:401")),
+                    "writes": {k[6:]: v for k, v in counts.items() if k.startswith("write:")},
                     "records": self.store.counts(),
                 },
             )
+        if path == "apps" and method == "POST":
+            app = self.identity.register(payload)
+            self._add_app_users()
+            return _json(200, {"tenant_id": app.tenant_id, "client_id": app.client_id, "app_user": app.app_user})
+        if path == "apps":
+            with self.identity.lock:
+                apps = [{"tenant_id": a.tenant_id, "client_id": a.client_id, "app_user": a.app_user}
+                        for a in self.identity.apps.values()]
+            return _json(200, {"apps": apps})
         if path == "platform-option" and method == "POST":
             value = self.crm.set_platform_option(bool(payload.get("present", True)))
             return _json(200, {"present": value is not None, "value": value})
@@ -415,6 +434,13 @@ class SandboxApp:
             return _json(200, {"records": records, "count": len(records)})
         return _json(404, {"error": f"unknown control path '{path}'"})
 
+    def _add_app_users(self) -> None:
+        """Each registered app with an application user has its systemuser, as an administrator would add it."""
+        with self.identity.lock:
+            clients = [a.client_id for a in self.identity.apps.values() if a.app_user]
+        for client in clients:
+            self.crm.user_for(f"APP\\{client}")
+
     def set_faults(self, payload: dict[str, Any], replace: bool = False) -> dict[str, Any]:
         """Replace or merge the injected faults."""
         known = {f.name for f in fields(FaultSettings)}
@@ -427,7 +453,8 @@ class SandboxApp:
         # A shared every_nth applies to whichever ratio-style faults were named in the same call.
         nth = values.pop("every_nth", None)
         if nth:
-            for name in ("busy", "http500", "drop", "lose_answer", "item_fault", "stale_connection", "hang"):
+            for name in ("busy", "http500", "drop", "lose_answer", "item_fault", "stale_connection", "hang",
+                         "throttle"):
                 if payload.get(f"{name}_ratio"):
                     values[f"{name}_every_nth"] = int(nth)
         missing = values.get("missing_privilege") or []

@@ -62,6 +62,14 @@ class FaultSettings:
     hang_writes_only: bool = False
     hang_limit: int = 0  # at most this many requests are held (0: no limit)
     seed: int | None = None
+    # Online mode: service protection 429s (per request, or per operation inside a $batch) and token lifetime.
+    throttle_ratio: float = 0.0
+    throttle_every_nth: int = 0
+    throttle_retry_after: int = 1
+    throttle_code: int = 0
+    throttle_scope: str = "request"
+    max_concurrent_requests: int = 0
+    token_lifetime: int = 3600
 
 
 @dataclass

@@ -17,6 +17,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlencode
 
+from .online import CLIENT_ID, CLIENT_SECRET, TENANT_ID
+
 DOMAIN = "SANDBOX"
 USERNAME = "crmadmin"
 PASSWORD = "Sandbox-Pass-1"
@@ -48,6 +50,7 @@ class SandboxServer:
         self.seed = seed
         self.platform_option = platform_option
         self.port = port or free_port()
+        self.tls_port = free_port()
         self.startup_timeout = startup_timeout
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="crm-sandbox-"))
@@ -83,6 +86,25 @@ class SandboxServer:
         return f"{self.base_url}/{self.org}/api/data/v8.2/"
 
     @property
+    def environment_url(self) -> str:
+        """The online mode's environment URL (https on loopback)."""
+        return f"https://127.0.0.1:{self.tls_port}"
+
+    @property
+    def authority_host(self) -> str:
+        """The online mode's stand-in for https://login.microsoftonline.com."""
+        return f"https://127.0.0.1:{self.tls_port}"
+
+    @property
+    def ca_file(self) -> str:
+        """The self-signed certificate of the online mode, to trust as a CA bundle."""
+        return str(self.data_dir / "tls-cert.pem")
+
+    tenant_id = TENANT_ID
+    client_id = CLIENT_ID
+    client_secret = CLIENT_SECRET
+
+    @property
     def qualified_username(self) -> str:
         """DOMAIN\\user as NTLM clients want it."""
         return f"{self.domain}\\{self.username}"
@@ -110,6 +132,8 @@ class SandboxServer:
             str(self.users_file),
             "--org",
             self.org,
+            "--tls-port",
+            str(self.tls_port),
         ]
         if self.seed:
             cmd.append("--seed")
@@ -230,6 +254,10 @@ class SandboxServer:
     def insert_records(self, entity: str, records: list[dict[str, Any]]) -> list[str]:
         """Bulk insert loosely typed JSON records; returns their ids."""
         return self._control("POST", f"records/{entity}", records)["ids"]
+
+    def register_app(self, client_id: str, **kw: Any) -> dict[str, Any]:
+        """Add an app registration to the online mode (tenant_id, client_secret, certificate_pem, app_user)."""
+        return self._control("POST", "apps", {"client_id": client_id, **kw})
 
     def set_platform_option(self, present: bool) -> int | None:
         """Add or remove the 'ZiftONE' lead source option; returns its value when present."""

@@ -1,4 +1,4 @@
-"""The sync's use of the connector: one NTLM session per lane, batched writes, paged reads tried again on faults."""
+"""The sync's use of the connector: a session per lane, batched writes, paged reads tried again on faults."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from flask import current_app
 from ..connection import config_for
 from ..connectors.dynamics import OrganizationService, Transport
 from ..connectors.dynamics.batch import BATCH_SIZE, TRANSIENT, BatchWriter
+from ..connectors.dynamics.factory import open_service
 from ..connectors.dynamics.soap import BatchItemResult, fetch_xml
+from ..connectors.dynamics.webapi import WebApiService
 from ..models import CrmIntegration
 from ..platform_models import normalize_email
 
@@ -55,15 +57,19 @@ class CrmGateway:
         """Server Busy rounds and transient read faults met so far."""
         return self.writer.busy_events + self.read_retries
 
-    def service(self) -> OrganizationService:
-        """This thread's Organization Service (NTLM authenticates a connection, so each lane has its own)."""
+    def service(self) -> OrganizationService | WebApiService:
+        """This thread's service, of the connection's kind (NTLM authenticates a connection: one per lane).
+
+        On-premises it is the Organization Service over NTLM; online the Web API over OAuth, whose lanes share
+        one token and one throttle. The batch writer above drives either through ``execute_multiple``.
+        """
         svc = getattr(self._local, "svc", None)
         if svc is None:
-            transport = Transport(self.config)
-            svc = self._local.svc = OrganizationService(transport, batch_limit=self.batch_limit)
+            svc, transport = open_service(self.config, batch_limit=self.batch_limit)
             with self._lock:
                 self._transports.append(transport)
                 self._services.append(svc)
+            self._local.svc = svc
         return svc
 
     @property

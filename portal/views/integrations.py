@@ -24,6 +24,7 @@ USAGE_FIELDS = [
     "ld_pull_opportunities", "ld_custom_fields_in_notes",
 ]
 CONNECTION_FIELDS = ["username", "org_url", "odata_url", "domain", "organization_name"]
+ONLINE_FIELDS = ["tenant_id", "client_id"]
 
 
 def _supplier_choices(integration: CrmIntegration) -> list[tuple[int, str]]:
@@ -40,8 +41,14 @@ def build_forms(integration: CrmIntegration, posted: str | None = None) -> dict:
         # A partner of exactly one supplier has nothing to choose: that supplier is preselected.
         only = suppliers[0][0] if len(suppliers) == 1 else 0
         general.supplier_id.data = integration.supplier_id or only
-    connection = ConnectionForm(formdata=request.form if posted == "connection" else None, obj=integration,
-                                prefix="connection", has_password=integration.has_password)
+    connection_data = None
+    if posted == "connection":
+        # A post without the kind (a page from before it existed, a script) keeps the saved kind.
+        connection_data = request.form.copy()
+        connection_data.setdefault("connection-connection_kind", integration.connection_kind or "onprem")
+    connection = ConnectionForm(formdata=connection_data, obj=integration,
+                                prefix="connection", has_password=integration.has_password,
+                                has_client_credential=integration.has_client_credential)
     records_as_contacts = integration.record_leads_as == "contact"
     usage = UsageForm(formdata=request.form if posted == "usage" else None, obj=integration, prefix="usage",
                       records_as_contacts=records_as_contacts)
@@ -144,11 +151,28 @@ def save_connection(integration_id: int):
         valid = _guard_urls(form)
     if not valid:
         return _section_response(integration, forms, "connection", ok=False)
-    values = {f: (getattr(form, f).data or "").strip() for f in CONNECTION_FIELDS}
-    changed = _apply(integration, values)
-    if form.password.data:
-        integration.password_encrypted = encrypt(form.password.data)
-        changed.append("password")
+    # Only the chosen kind's fields are saved: the other kind keeps its values for a switch back.
+    changed = _apply(integration, {"connection_kind": form.connection_kind.data})
+    if form.online:
+        values = {f: (getattr(form, f).data or "").strip() for f in ONLINE_FIELDS}
+        values["environment_url"] = _environment_root(form.environment_url.data)
+        changed += _apply(integration, values)
+        # The credential entered last is the one used: a new secret replaces a certificate and the other way round.
+        certificate = (form.client_certificate.data or "").strip()
+        if certificate:
+            integration.client_certificate_encrypted = encrypt(certificate)
+            integration.client_secret_encrypted = None
+            changed.append("client_certificate")
+        elif form.client_secret.data:
+            integration.client_secret_encrypted = encrypt(form.client_secret.data)
+            integration.client_certificate_encrypted = None
+            changed.append("client_secret")
+    else:
+        values = {f: (getattr(form, f).data or "").strip() for f in CONNECTION_FIELDS}
+        changed += _apply(integration, values)
+        if form.password.data:
+            integration.password_encrypted = encrypt(form.password.data)
+            changed.append("password")
     if changed:
         integration.connection_saved_at = utcnow()
     testing = request.form.get("action") == "test"
@@ -162,12 +186,20 @@ def save_connection(integration_id: int):
     return _section_response(integration, forms, "connection", ok=True)
 
 
+def _environment_root(url: str | None) -> str:
+    """https://org.crm4.dynamics.com from what was typed (a trailing slash or /api/data/v9.2/ is dropped)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit((url or "").strip())
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
 def _guard_urls(form: ConnectionForm) -> bool:
     """Refuse URLs that the URL guard would never let the portal reach; DNS trouble is only a warning later."""
     from ..connection import guard_problem
 
     ok = True
-    for field in (form.org_url, form.odata_url):
+    for field in (form.environment_url,) if form.online else (form.org_url, form.odata_url):
         value = (field.data or "").strip()
         if value:
             problem = guard_problem(value)

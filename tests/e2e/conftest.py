@@ -243,6 +243,9 @@ def live_stack(redis_url, crm_sandbox) -> Iterator[LiveStack]:
             "PORTAL_ENCRYPTION_KEYS": TEST_KEY,
             "PORTAL_INSTANCE_PATH": str(folder),
             "CRM_ALLOWED_NETWORKS": "127.0.0.0/8,::1/128",
+            # Dynamics 365 online: the sandbox's TLS port stands in for Microsoft Entra ID.
+            "CRM_AUTHORITY_HOST": crm_sandbox.authority_host,
+            "CRM_CA_BUNDLE": crm_sandbox.ca_file,
             "WORKER_STALE_SECONDS": "10",
             "PYTHONUNBUFFERED": "1",
         }

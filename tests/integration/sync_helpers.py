@@ -195,3 +195,18 @@ def steps_of(run: dict) -> dict:
 
 def dump(obj) -> str:
     return json.dumps(obj, default=str, indent=1)
+
+
+def use_online(app, connected: dict) -> None:
+    """Switch the connected integration to Dynamics 365 online against the sandbox's online mode."""
+    from portal.crypto import encrypt
+
+    crm = connected["crm"]
+    app.config["CRM_AUTHORITY_HOST"] = crm.authority_host
+    app.config["CRM_CA_BUNDLE"] = crm.ca_file
+    with app.app_context():
+        integ = db.session.get(CrmIntegration, connected["integration_id"])
+        integ.connection_kind = "online"
+        integ.environment_url, integ.tenant_id, integ.client_id = crm.environment_url, crm.tenant_id, crm.client_id
+        integ.client_secret_encrypted = encrypt(crm.client_secret)
+        db.session.commit()

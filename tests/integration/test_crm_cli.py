@@ -117,3 +117,17 @@ def test_subprocess_reads_allowed_networks_from_the_environment(crm, tmp_path):
     assert "[FAIL] URL check:" in blocked.stdout and "[blocked_url]" in blocked.stdout
     assert traffic(crm) == before
     assert crm.password not in ok.stdout + ok.stderr + blocked.stdout + blocked.stderr
+
+
+def test_online_test_from_the_command_line(app, runner, crm):
+    import json
+
+    app.config["CRM_AUTHORITY_HOST"], app.config["CRM_CA_BUNDLE"] = crm.authority_host, crm.ca_file
+    args = ["crm", "test-online", "--environment-url", crm.environment_url, "--tenant-id", crm.tenant_id,
+            "--client-id", crm.client_id, "--client-secret-stdin", "--json"]
+    ok = runner.invoke(args=args, input=crm.client_secret + "\n")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["version"].startswith("9.2")
+    bad = runner.invoke(args=args, input="not-the-secret\n")
+    assert bad.exit_code == 1 and json.loads(bad.output)["error"]["code"] == "auth_failed"
+    assert "not-the-secret" not in bad.output

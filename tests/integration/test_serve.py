@@ -20,9 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_launcher_serves_the_demo_and_ctrl_c_stops_everything(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items()
-           if k not in ("REDIS_URL", "DATABASE_URL", "CRM_ALLOWED_NETWORKS", "CRM_ALLOWED_ENDPOINTS")}
-    sandbox_port = free_port()
-    env.update({"PORTAL_INSTANCE_PATH": str(tmp_path), "PORTAL_PORT": str(port), "SANDBOX_PORT": str(sandbox_port)})
+           if k not in ("REDIS_URL", "DATABASE_URL", "CRM_ALLOWED_NETWORKS", "CRM_ALLOWED_ENDPOINTS",
+                        "CRM_AUTHORITY_HOST", "CRM_CA_BUNDLE")}
+    sandbox_port, tls_port = free_port(), free_port()
+    env.update({"PORTAL_INSTANCE_PATH": str(tmp_path), "PORTAL_PORT": str(port), "SANDBOX_PORT": str(sandbox_port),
+                "SANDBOX_TLS_PORT": str(tls_port)})
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "portal.serve"], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -41,9 +43,27 @@ def test_launcher_serves_the_demo_and_ctrl_c_stops_everything(tmp_path):
         assert len(children) >= 2  # the sandbox and the worker (Redis too when redis-server is installed)
         output = (tmp_path / "serve.log").read_text()
         assert "admin@partner.example" in output and f"http://127.0.0.1:{port}/" in output
-        # Exactly the sandbox is reachable, not the rest of loopback.
-        assert f"CRM_ALLOWED_ENDPOINTS=127.0.0.1:{sandbox_port} " in output
+        # Exactly the sandbox is reachable (its on-premises and online ports), not the rest of loopback.
+        assert f"CRM_ALLOWED_ENDPOINTS=127.0.0.1:{sandbox_port},127.0.0.1:{tls_port} " in output
         assert "CRM_ALLOWED_NETWORKS" not in output
+        # Both kinds are demonstrated: the sandbox's online mode answers over TLS and signs the portal in.
+        assert f"Sandbox Dynamics 365 online: https://127.0.0.1:{tls_port}" in output
+        assert f"CRM_AUTHORITY_HOST=https://127.0.0.1:{tls_port}" in output
+        from sandbox.online import TENANT_ID
+
+        discovery = requests.get(f"https://127.0.0.1:{tls_port}/{TENANT_ID}/v2.0/.well-known/openid-configuration",
+                                 verify=str(tmp_path / "sandbox" / "tls-cert.pem"), timeout=5)
+        assert discovery.json()["token_endpoint"].startswith(f"https://127.0.0.1:{tls_port}/")
+        import contextlib
+        import sqlite3
+
+        # closing(): a connection's own "with" only commits; an unclosed one warns on Python 3.13.
+        with contextlib.closing(sqlite3.connect(tmp_path / "portal.sqlite3")) as conn:
+            kind, environment, secret, org_url = conn.execute(
+                "SELECT connection_kind, environment_url, client_secret_encrypted, org_url FROM crm_integrations"
+            ).fetchone()
+        # The demo partner has both kinds saved; on-premises is chosen until the administrator switches.
+        assert kind == "onprem" and environment == f"https://127.0.0.1:{tls_port}" and secret and org_url
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
         gone, alive = psutil.wait_procs(children, timeout=15)

@@ -21,6 +21,7 @@ from .sync_helpers import (
     make_leads,
     note_refs,
     run_steps,
+    use_online,
     wait_for,
 )
 
@@ -133,11 +134,39 @@ def test_busy_reads_and_writes_slow_down_and_finish(app, ready):
     assert set(emails_in_crm(crm).values()) == {1} and len(emails_in_crm(crm)) == 20
 
 
-def test_auth_failure_stops_the_run_and_switches_off_after_the_limit(app, ready):
+def test_online_run_with_a_fifth_of_answers_429_completes_with_every_record_once(app, ready):
+    """Dynamics 365 online: service protection limits are waited out (Retry-After), never failed records."""
+    crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
+    use_online(app, ready)
+    configure(app, iid, marketing_automation=True, lead_distribution=True, ld_sync_supplier_leads=True,
+              event_types=["email_click"])
+    marketing = make_leads(app, org, 3000, prefix="tm", events=("email_click",))
+    distributed = make_leads(app, org, 300, origin=LeadOrigin.distributed, prefix="td",
+                             events=("email_click", "email_open"))
+    crm.set_faults(throttle_ratio=0.2, every_nth=5, throttle_retry_after=1)  # every fifth request: 429
+    run = run_steps(app, iid, ["push_marketing_leads", "push_distributed_leads", "push_events"])
+    throttled = crm.stats()["faults"].get("throttle", 0)
+    crm.clear_faults()
+    assert run["status"] == "finished", run
+    assert throttled >= 2  # a fifth of the requests were refused, and the run still finished
+    assert failures(app, iid) == []
+    counts = emails_in_crm(crm)
+    assert len(counts) == 3300 and set(counts.values()) == {1}
+    refs = note_refs(crm)
+    assert set(refs) == set(event_ids(app, marketing + distributed)) and set(refs.values()) == {1}
+
+
+@pytest.mark.parametrize("kind", ["onprem", "online"])
+def test_auth_failure_stops_the_run_and_switches_off_after_the_limit(app, ready, kind):
     crm, iid, org = ready["crm"], ready["integration_id"], ready["org_id"]
     configure(app, iid, marketing_automation=True, enabled=True, auth_failure_limit=3)
     make_leads(app, org, 3, prefix="auth")
-    crm.set_faults(password_changed_user=crm.username)
+    if kind == "online":
+        use_online(app, ready)
+        # The client secret was rotated in Microsoft Entra ID (and the portal still has the old one).
+        crm.register_app(crm.client_id, tenant_id=crm.tenant_id, client_secret="Rotated-Secret-2")
+    else:
+        crm.set_faults(password_changed_user=crm.username)
     for attempt in (1, 2, 3):
         run = run_steps(app, iid, kind="nightly")
         assert run["status"] == "failed" and run["created"] == 0, run
@@ -154,6 +183,7 @@ def test_auth_failure_stops_the_run_and_switches_off_after_the_limit(app, ready)
     assert "switched Off" in notices[0].message
     assert crm.records("lead") == []
     crm.clear_faults()
+    crm.register_app(crm.client_id, tenant_id=crm.tenant_id, client_secret=crm.client_secret)
     run = run_steps(app, iid, ["push_marketing_leads"])
     assert run["status"] == "finished"
     with app.app_context():

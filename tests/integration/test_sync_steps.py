@@ -30,14 +30,20 @@ from .sync_helpers import (
     make_lists,
     note_refs,
     run_steps,
+    use_online,
 )
 
 
-@pytest.fixture
-def seeded(connected):
-    """The sandbox with its demo data and the platform's lead source option."""
+@pytest.fixture(params=["onprem", "online"])
+def seeded(request, app, connected):
+    """The sandbox with its demo data and the platform's lead source option, reached on-premises or online.
+
+    Every test below runs against both kinds: the same sync engine, over NTLM and SOAP or OAuth and the Web API.
+    """
     connected["crm"].reset(seed=True, platform_option=True)
-    return connected
+    if request.param == "online":
+        use_online(app, connected)
+    return {**connected, "kind": request.param}
 
 
 def crm_lead_emails(crm) -> set[str]:
@@ -299,7 +305,7 @@ def _opp_contact(crm, name: str) -> str:
 
 def test_pull_status_qualify_accepts_and_disqualify_rejects(app, seeded):
     from portal.connection import config_for
-    from portal.connectors.dynamics import OrganizationService, Transport
+    from portal.connectors.dynamics.factory import open_service
     from portal.models import CrmIntegration
 
     crm, iid, org = seeded["crm"], seeded["integration_id"], seeded["org_id"]
@@ -309,10 +315,10 @@ def test_pull_status_qualify_accepts_and_disqualify_rejects(app, seeded):
     assert run["steps"]["push_distributed_leads"]["created"] == 3
     guid = {i: crm.records("lead", email=f"st{i}@example.net")[0]["leadid"] for i in range(3)}
     with app.app_context():
-        svc = OrganizationService(Transport(config_for(db.session.get(CrmIntegration, iid))))
-        svc.set_state("lead", guid[0], 1, 3)  # qualified
-        svc.set_state("lead", guid[1], 2, 6)  # disqualified
-        svc.transport.close()
+        svc, transport = open_service(config_for(db.session.get(CrmIntegration, iid)))
+        with transport:
+            svc.set_state("lead", guid[0], 1, 3)  # qualified
+            svc.set_state("lead", guid[1], 2, 6)  # disqualified
     run = run_steps(app, iid, ["pull_status"])
     assert run["status"] == "finished", run
     assert run["steps"]["pull_status"]["updated"] == 3  # the third was never pulled before: Open

@@ -1,0 +1,139 @@
+"""The connection test for Dynamics 365 online: the same layered steps, with the sign-in explained per culprit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from .auth import OnlineConfig, TokenProvider
+from .diagnostics import READ_ENTITIES, ConnectionTestResult, Step, _tcp_connect, _tls_handshake
+from .errors import DynamicsError, InvalidUrlError, LeadSourceMissingError, PrivilegeError
+from .soap import fetch_xml, find_option_value
+from .urlguard import CheckedUrl, check_url
+from .webapi import BearerTransport, WebApiService
+
+log = logging.getLogger("portal.connectors.dynamics")
+
+
+class _Stop(Exception):
+    """Internal: a step failed and the test ends."""
+
+
+def test_online_connection(
+    config: OnlineConfig,
+    platform_name: str = "ZiftONE",
+    on_step: Callable[[Step], None] | None = None,
+) -> ConnectionTestResult:
+    """Run the online connection test steps in order, stopping at the first failure."""
+    result = ConnectionTestResult()
+
+    def done(name: str, ok: bool, detail: str = "") -> None:
+        step = Step(name, ok, detail)
+        result.steps.append(step)
+        if on_step is not None:
+            on_step(step)
+
+    def fail(name: str, error: DynamicsError) -> None:
+        result.error = error
+        done(name, False, error.message)
+        raise _Stop
+
+    def run(name: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except DynamicsError as exc:
+            fail(name, exc)
+        except _Stop:
+            raise
+        except Exception as exc:  # the test must report, not crash, whatever goes wrong
+            log.exception("Unexpected error in connection test step %s", name)
+            fail(name, DynamicsError(f"Unexpected error: {type(exc).__name__}.", detail=str(exc)[:500]))
+
+    # A provider of its own: the test must really ask Entra, not reuse a token from before a settings change.
+    provider = TokenProvider(config)
+    transport: BearerTransport | None = None
+    try:
+        def url_check() -> CheckedUrl:
+            checked = check_url(config.environment_url, config.allowed_networks, config.allowed_endpoints)
+            if checked.scheme != "https":
+                raise InvalidUrlError("The environment URL must start with https://.",
+                                      action="Copy the Environment URL from the Power Platform admin center.")
+            if urlsplit(config.environment_url).path.strip("/") not in ("", "api/data/v9.2"):
+                raise InvalidUrlError("The environment URL is the address alone, without a path.",
+                                      action="Enter it as https://<org>.crm<N>.dynamics.com.")
+            return checked
+
+        checked: CheckedUrl = run("URL check", url_check)
+        done("URL check", True, f"{checked.scheme}://{checked.host}:{checked.port}")
+
+        sock = run("DNS and TCP", lambda: _tcp_connect(checked, config))  # type: ignore[arg-type]
+        peer = sock.getpeername()[0]
+        done("DNS and TCP", True, f"connected to {peer} port {checked.port}")
+        try:
+            detail = run("TLS", lambda: _tls_handshake(sock, checked.host, config))  # type: ignore[arg-type]
+            done("TLS", True, detail)
+        finally:
+            sock.close()
+
+        def sign_in() -> str:
+            provider.token()
+            kind = "certificate" if config.certificate_pem.strip() else "client secret"
+            return f"token for application {config.client_id} from tenant {config.tenant_id} ({kind})"
+
+        done("Sign-in (Microsoft Entra ID)", True, run("Sign-in (Microsoft Entra ID)", sign_in))
+
+        transport = BearerTransport(config, provider=provider)
+        service = WebApiService(transport)
+        me = run("Application user", service.who_am_i)
+        done("Application user", True, f"user {me.user_id}")
+        result.user_id, result.organization_id = me.user_id, me.organization_id
+        result.business_unit_id = me.business_unit_id
+
+        version = run("Version", service.retrieve_version)
+        result.version = version
+        done("Version", True, f"{version} (Dynamics 365 online)")
+
+        def read_access() -> str:
+            counts = []
+            for entity, key in READ_ENTITIES:
+                try:
+                    page = service.retrieve_multiple(fetch_xml(entity, [key], page_size=1))
+                except PrivilegeError as exc:
+                    raise PrivilegeError(
+                        f"The application user cannot read {entity} records: {exc.message}",
+                        privilege=exc.privilege, error_code=exc.error_code, detail=exc.detail,
+                        action="Give the application user a security role that can read leads, contacts, "
+                               "marketing lists, campaigns and opportunities (for example Sales Manager).",
+                    ) from exc
+                counts.append(f"{entity} ok" if page.entities else f"{entity} ok (none yet)")
+            return ", ".join(counts)
+
+        done("Read access", True, run("Read access", read_access))
+
+        def lead_source() -> int:
+            value = find_option_value(service.retrieve_option_set("lead", "leadsourcecode"), platform_name)
+            if value is None:
+                raise LeadSourceMissingError(
+                    f"The Lead Source field of Lead has no option named {platform_name}.",
+                    action=(f"Add the option {platform_name} in make.powerapps.com > Tables > Lead > Columns > "
+                            "Lead Source > Choices, save and publish. Or let the portal add it (the application "
+                            "user needs the System Customizer role)."),
+                )
+            return value
+
+        result.lead_source_value = run("Lead source option", lead_source)
+        done("Lead source option", True, f"{platform_name} = {result.lead_source_value}")
+        result.ok = True
+    except _Stop:
+        result.ok = False
+    finally:
+        if transport is not None:
+            transport.close()
+        provider.close()
+    return result
+
+
+# Keep pytest from collecting this function when a test module imports it.
+test_online_connection.__test__ = False  # type: ignore[attr-defined]
