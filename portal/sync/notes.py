@@ -101,13 +101,14 @@ class NoteWriter:
     def start(self, rows: list) -> tuple[list, Future]:
         """Mark one chunk of notes in flight, then send it (in the background when there are lanes to spare)."""
         ctx = self.ctx
+        # In flight: a crash after the CRM wrote the note but before we saved its id is reconciled. The marker
+        # is also the claim: an event another run has in flight or has sent is not sent again.
+        held = ctx.mark_in_flight("event", [event.id for event, _ in rows], "annotation")
+        rows[:] = [(event, lead) for event, lead in rows if event.id in held]
         requests = []
         for event, lead in rows:
             label = self.labels.get(event.event_type, event.event_type)
             requests.append(mapping.event_note(event, label, lead.entity, lead.crm_id, ctx.platform))
-            # In flight: a crash after the CRM wrote the note but before we saved its id is reconciled.
-            ctx.link("event", event.id, "annotation", "")
-        ctx.commit()
         if ctx.gateway.parallel <= 1 or not ctx.writes:
             # A push (one lane, a kept session) writes in this thread: a new thread would need a new NTLM session.
             now: Future = Future()

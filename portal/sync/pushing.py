@@ -11,7 +11,7 @@ from ..connectors.dynamics.soap import CreateRequest, UpdateRequest
 from ..extensions import db
 from ..models import utcnow
 from ..platform_models import CrmLink, Lead, LeadOrigin
-from . import mapping
+from . import claims, mapping
 from .context import Context
 
 
@@ -23,11 +23,26 @@ def lead_attributes(ctx: Context, lead: Lead, entity: str, *, creating: bool) ->
 
 def push_leads(ctx: Context, leads: list[Lead], *, allow_updates: bool) -> list[int]:
     """Create leads in the CRM or link them to the record with their email (S3); ids now linked."""
-    c = ctx.counts
     if not leads:
         return []
     existing = ctx.links("lead", [ld.id for ld in leads])
     todo = [ld for ld in leads if ld.id not in existing]
+    held = []
+    if todo and ctx.writes:
+        # One writer at a time per lead: a push, the nightly catch-up and a retry may all hold it now.
+        held = claims.claim(ctx.integration.id, "lead", [ld.id for ld in todo], ctx.owner)
+        existing.update(ctx.links("lead", held))  # linked by another writer while we waited: already done
+        todo = [ld for ld in todo if ld.id in set(held) and ld.id not in existing]
+    try:
+        return _push_claimed(ctx, leads, existing, todo, allow_updates=allow_updates)
+    finally:
+        claims.release(ctx.integration.id, "lead", held, ctx.owner)
+
+
+def _push_claimed(ctx: Context, leads: list[Lead], existing: dict, todo: list[Lead], *,
+                  allow_updates: bool) -> list[int]:
+    """``push_leads`` once the leads to create are this writer's alone."""
+    c = ctx.counts
     c.skipped += len(leads) - len(todo)
     if allow_updates:
         # Standard fields change in the CRM only when allowed, and only if they changed since the last sync.
