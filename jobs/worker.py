@@ -25,9 +25,13 @@ class PortalWorker(SimpleWorker):
 
     def execute_job(self, job, queue):
         """Run one job inside a fresh application context; its session is rolled back and removed after it."""
+        from flask import current_app, has_app_context
+
         from portal.extensions import db
 
-        with app().app_context():
+        # The app of whoever runs the worker (a test, the CLI) or this process's own; a new context either way.
+        flask_app = current_app._get_current_object() if has_app_context() else app()
+        with flask_app.app_context():
             try:
                 return super().execute_job(job, queue)
             finally:

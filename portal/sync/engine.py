@@ -28,6 +28,8 @@ from .steps import NIGHTLY_STEPS, REGISTRY
 
 log = logging.getLogger(__name__)
 
+WAITING = "Waiting: another run of this integration is in progress; this one starts when it has finished."
+
 
 def execute(run_id: int, steps: Sequence[str] | None = None, lead_ids: Sequence[int] | None = None,
             failure_ids: Sequence[int] | None = None, gateway: CrmGateway | None = None) -> SyncRun:
@@ -48,9 +50,9 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
     integration = db.session.get(CrmIntegration, run.integration_id)
     with integration_lock(integration.id, run.kind, run.id) as got:
         if not got:
-            run.status = RunStatus.failed
-            run.message = "Another run of this integration is in progress: this one was not started."
-            run.finished_at = utcnow()
+            # Nothing a user or the schedule asked for is dropped: the run stays queued and its job comes back
+            # (``schedule.requeue_waiting``) until the run in progress has finished.
+            run.message = WAITING
             db.session.commit()
             return run
         run.status, run.started_at = RunStatus.running, utcnow()

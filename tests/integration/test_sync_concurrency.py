@@ -58,3 +58,47 @@ def test_a_push_during_the_nightly_catch_up_sends_each_lead_once(app, distributi
     run_steps(app, iid, ["push_events"])
     refs = note_refs(crm)
     assert set(refs) == set(event_ids(app, ids)) and set(refs.values()) == {1}
+
+
+def work_queues(app, names: list[str]) -> None:
+    """Work the queues in this process until empty, moving due scheduled jobs first (as the scheduler does)."""
+    from jobs.worker import PortalWorker
+    from portal import queues
+
+    with app.app_context():
+        PortalWorker([queues.queue(n) for n in names], connection=queues.redis()).work(
+            burst=True, with_scheduler=True)
+
+
+@pytest.mark.parametrize("kind", ["retry", "manual"])
+def test_a_run_started_while_another_runs_waits_and_runs_after_it(app, distributing, kind):
+    """Retry all (or the backoff retry, or Sync now) while a run holds the integration: it waits, then runs."""
+    from portal import queues, sync
+    from portal.models import CrmIntegration
+    from portal.schedule import start_run
+
+    iid = distributing["integration_id"]
+    configure(app, iid, marketing_automation=True, enabled=True)
+    app.config["SYNC_WAIT_SECONDS"] = 1
+    with app.app_context():
+        integ = db.session.get(CrmIntegration, iid)
+        holder = sync.new_run(integ, "manual", trigger="test")
+        waiting = start_run(integ, kind, steps=["push_marketing_leads"], trigger="test").id
+        with sync.integration_lock(iid, "manual", holder.id) as got:
+            assert got
+            holder.status = RunStatus.running
+            db.session.commit()
+            work_queues(app, [queues.QUEUE_PUSH, queues.QUEUE_NIGHTLY])
+            row = db.session.get(SyncRun, waiting)
+            db.session.refresh(row)
+            assert row.status == RunStatus.queued, row.message  # not dropped: it waits for the holder
+            assert "starts when it has finished" in row.message
+            holder.status, holder.finished_at = RunStatus.finished, holder.started_at
+            db.session.commit()
+
+    def done() -> bool:
+        work_queues(app, [queues.QUEUE_PUSH, queues.QUEUE_NIGHTLY])
+        with app.app_context():
+            return db.session.get(SyncRun, waiting).status == RunStatus.finished
+
+    wait_for(done, 30, f"the waiting {kind} run to run")
