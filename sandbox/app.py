@@ -291,6 +291,8 @@ class SandboxApp:
             self.set_faults({}, replace=True)
             with self.stats_lock:
                 self.stats.clear()
+            with self.crm.em_lock:
+                self.crm.em_peak = 0
             if payload.get("seed"):
                 from .seed import seed as run_seed
 
@@ -311,6 +313,7 @@ class SandboxApp:
                     "ntlm_401": counts.get("ntlm:401", 0),
                     "ntlm_failed": counts.get("ntlm:failed", 0),
                     "claims_redirects": counts.get("claims_redirect", 0),
+                    "executemultiple_peak": self.crm.em_peak,
                     "records": self.store.counts(),
                 },
             )

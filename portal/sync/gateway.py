@@ -9,15 +9,50 @@ from collections.abc import Iterator, Sequence
 from flask import current_app
 
 from ..connection import config_for
-from ..connectors.dynamics import OrganizationService, Transport
+from ..connectors.dynamics import OrganizationService, ServerBusyError, Transport
 from ..connectors.dynamics.batch import TRANSIENT, BatchWriter
 from ..connectors.dynamics.soap import BatchItemResult, fetch_xml
 from ..models import CrmIntegration
 from ..platform_models import normalize_email
+from .inflight import Slots
 
 LOOKUP_CHUNK = 1000  # values per FetchXML `in` condition
 PAGE = 5000  # FetchXML page size when reading
 READ_TRIES = 4  # a read that meets a transient fault is tried again (reads change nothing)
+
+
+class Limited:
+    """A service whose writes each hold an in-flight slot of the CRM, and report Server Busy to the integration."""
+
+    def __init__(self, service: OrganizationService, slots: Slots):
+        self.service = service
+        self.slots = slots
+
+    def _send(self, name: str, *args):
+        with self.slots.slot():
+            try:
+                result = getattr(self.service, name)(*args)
+            except ServerBusyError:
+                self.slots.busy()
+                raise
+        self.slots.good()
+        return result
+
+    def execute_multiple(self, requests: Sequence) -> list[BatchItemResult]:
+        """One batch, holding a slot."""
+        return self._send("execute_multiple", requests)
+
+    def create(self, entity: str, attributes: dict) -> str:
+        """One create, holding a slot (the one-request-per-record mode)."""
+        return self._send("create", entity, attributes)
+
+    def update(self, entity: str, record_id: str, attributes: dict) -> None:
+        """One update, holding a slot."""
+        return self._send("update", entity, record_id, attributes)
+
+    def set_state(self, entity: str, record_id: str, state: int, status: int) -> None:
+        """One state change, holding a slot."""
+        return self._send("set_state", entity, record_id, state, status)
 
 
 class CrmGateway:
@@ -31,7 +66,10 @@ class CrmGateway:
         self._local = threading.local()
         self._transports: list[Transport] = []
         self._lock = threading.Lock()
-        self.writer = BatchWriter(self.service, parallel=parallel, one_per_record=bool(one))
+        # Every write holds one of the CRM's in-flight slots, shared by all runs and workers (``inflight``).
+        self.slots = Slots(integration.id)
+        self.writer = BatchWriter(lambda: Limited(self.service(), self.slots), parallel=parallel,
+                                  one_per_record=bool(one))
         self.read_retries = 0
 
     @property

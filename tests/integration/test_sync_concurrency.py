@@ -102,3 +102,53 @@ def test_a_run_started_while_another_runs_waits_and_runs_after_it(app, distribut
             return db.session.get(SyncRun, waiting).status == RunStatus.finished
 
     wait_for(done, 30, f"the waiting {kind} run to run")
+
+
+def test_batches_in_flight_to_one_crm_never_exceed_the_limit(app, distributing):
+    """A Sync now sending on two lanes and pushes at the same time: at most SYNC_PARALLEL_BATCHES in flight."""
+    crm, iid, org = distributing["crm"], distributing["integration_id"], distributing["org_id"]
+    configure(app, iid, marketing_automation=True, enabled=True)
+    assert app.config["SYNC_PARALLEL_BATCHES"] == 2
+    make_leads(app, org, 4000, prefix="bulk")
+    pushed = [make_leads(app, org, 300, prefix=f"push{k}-", origin=LeadOrigin.distributed) for k in range(3)]
+    crm.set_faults(per_record_ms=2)
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(run_steps(app, iid, ["push_marketing_leads"])))
+    thread.start()
+    try:
+        wait_for(lambda: crm.stats()["records"].get("lead", 0) > 0, 60,
+                 "the run to send")
+        pushes = [run_steps(app, iid, kind="push", lead_ids=ids) for ids in pushed]
+    finally:
+        thread.join(180)
+    crm.clear_faults()
+    assert result["status"] == "finished" and all(p["status"] == "finished" for p in pushes), (result, pushes)
+    peak = crm.stats()["executemultiple_peak"]
+    print(f"max batches in flight: {peak}")
+    assert 1 <= peak <= 2
+
+
+def test_server_busy_halves_the_limit_of_the_integration_for_the_next_runs(app, distributing):
+    """After Server Busy the integration sends one batch at a time, in this run and the next, then climbs back."""
+    from portal.sync import inflight
+
+    crm, iid, org = distributing["crm"], distributing["integration_id"], distributing["org_id"]
+    configure(app, iid, marketing_automation=True, enabled=True)
+    make_leads(app, org, 4000, prefix="busy")
+    crm.set_faults(per_record_ms=1, max_concurrent_executemultiple=1)
+    first = run_steps(app, iid, ["push_marketing_leads"])
+    assert first["status"] == "finished", first
+    busy_after_first = sum(crm.stats()["faults"].values())
+    assert busy_after_first > 0  # two lanes met a CRM that takes one batch at a time
+    with app.app_context():
+        assert inflight.current_limit(iid) == 1  # kept for the integration, not for one write
+    make_leads(app, org, 4000, prefix="busy-again", start=4000)
+    second = run_steps(app, iid, ["push_marketing_leads"])
+    assert second["status"] == "finished", second
+    assert sum(crm.stats()["faults"].values()) == busy_after_first  # the next run did not overrun the CRM
+    crm.clear_faults()
+    with app.app_context():
+        slots = inflight.Slots(iid)
+        for _ in range(inflight.CLIMB_AFTER):
+            slots.good()
+        assert inflight.current_limit(iid) == 2  # a run of good answers brings it back up
