@@ -12,6 +12,9 @@ import threading
 
 from rq import Queue, SimpleWorker
 from rq.scheduler import RQScheduler
+from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+
+from portal.sync import TimeLimitReached
 
 from .context import app
 
@@ -20,8 +23,22 @@ log = logging.getLogger(__name__)
 SCHEDULER_INTERVAL = 1  # seconds between looks at the scheduled jobs
 
 
+class JobTimeLimit(TimeLimitReached, JobTimeoutException):
+    """A job's time is up: RQ's timeout error, and the sync engine's, so a run can say what happened."""
+
+
+class TimeLimit(UnixSignalDeathPenalty):
+    """RQ's job timeout (SIGALRM in the worker's main thread), raising an error the sync engine understands."""
+
+    def handle_death_penalty(self, signum, frame):
+        """Raise the time-limit error in the job's thread."""
+        raise JobTimeLimit(self._timeout)
+
+
 class PortalWorker(SimpleWorker):
     """Runs jobs in this process (no fork per job, so a push starts in milliseconds), each on a clean session."""
+
+    death_penalty_class = TimeLimit
 
     def execute_job(self, job, queue):
         """Run one job inside a fresh application context; its session is rolled back and removed after it."""

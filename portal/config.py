@@ -86,6 +86,14 @@ def load_config(overrides: dict | None = None) -> dict:
         "MAX_CONTENT_LENGTH": env_int("MAX_CONTENT_LENGTH", 5 * 1024 * 1024),
         "SYNC_PARALLEL_BATCHES": env_int("SYNC_PARALLEL_BATCHES", 2),
         "SYNC_LOCK_SECONDS": env_int("SYNC_LOCK_SECONDS", 90),
+        # Job timeouts that fit the work: a run gets a base plus a time per local record (never 6 h for all);
+        # a push its own; a run that finds another in progress comes back after SYNC_WAIT_SECONDS.
+        "SYNC_RUN_TIMEOUT_BASE": env_int("SYNC_RUN_TIMEOUT_BASE", 900),
+        "SYNC_SECONDS_PER_RECORD": float(os.environ.get("SYNC_SECONDS_PER_RECORD") or 0.5),
+        "SYNC_PUSH_TIMEOUT": env_int("SYNC_PUSH_TIMEOUT", 600),
+        "SYNC_WAIT_SECONDS": env_int("SYNC_WAIT_SECONDS", 5),
+        # How long a writer waits for a record another writer is sending (then leaves it to the next run).
+        "SYNC_CLAIM_WAIT_SECONDS": env_int("SYNC_CLAIM_WAIT_SECONDS", 60),
         # For measurements only: one look-up and one write per record, as most integrations do (bench/sync.py).
         "SYNC_ONE_REQUEST_PER_RECORD": env_bool("SYNC_ONE_REQUEST_PER_RECORD", False),
         # For measurements only: sync jobs return how many SQL statements they ran.

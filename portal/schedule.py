@@ -97,8 +97,9 @@ def run_timeout(run: SyncRun) -> int:
         Lead.organization_id == integration.organization_id)) or 0
     records += db.session.scalar(select(func.count()).select_from(MarketingEvent).where(
         MarketingEvent.organization_id == integration.organization_id)) or 0
-    per_record = float(current_app.config.get("SYNC_SECONDS_PER_RECORD") or 0.5)
-    return int(min(6 * 3600, 900 + records * per_record))
+    base = float(current_app.config.get("SYNC_RUN_TIMEOUT_BASE", 900))
+    per_record = float(current_app.config.get("SYNC_SECONDS_PER_RECORD", 0.5))
+    return max(1, int(min(6 * 3600, base + records * per_record)))
 
 
 def start_run(integration: CrmIntegration, kind: str, *, dry_run: bool = False, steps: list[str] | None = None,

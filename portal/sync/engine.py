@@ -28,6 +28,14 @@ from .steps import NIGHTLY_STEPS, REGISTRY
 
 log = logging.getLogger(__name__)
 
+class TimeLimitReached(Exception):  # noqa: N818 - named for what happened, as the user reads it
+    """Raised in a run's thread when its job's time is up (the worker raises it; see ``jobs.worker``)."""
+
+    def __init__(self, seconds: int | float = 0):
+        super().__init__(f"The job's time limit ({seconds} s) was reached.")
+        self.seconds = seconds
+
+
 WAITING = "Waiting: another run of this integration is in progress; this one starts when it has finished."
 
 
@@ -58,7 +66,7 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
         run.status, run.started_at = RunStatus.running, utcnow()
         db.session.commit()
         close_stopped_runs(integration.id, run.id)
-        own_gateway = gateway is None
+        own_gateway, timed_out = gateway is None, False
         if gateway is None and run.kind in ("push", "acceptance"):
             gateway, own_gateway = kept_gateway(integration), False
         try:
@@ -78,6 +86,13 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
             run.message = summary(run)
             if not run.dry_run:
                 record_success(db.session.get(CrmIntegration, integration.id))
+        except TimeLimitReached as exc:
+            timed_out = True
+            _abort(run_id, integration.id, DynamicsError(
+                f"The run took longer than its time limit ({exc.seconds} s) and was stopped.",
+                action="Nothing is lost: the next run picks up the records this one did not finish. If it keeps "
+                       "happening, check that the CRM answers (Test connection) or ask for a longer time limit."))
+            raise
         except DynamicsError as exc:
             _abort(run_id, integration.id, exc,
                    pending_leads=list(lead_ids or ()) if run.kind == "push" and exc.retryable else ())
@@ -90,7 +105,9 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
             run.finished_at = utcnow()
             run.progress_done = run.progress_total
             if own_gateway and gateway is not None:
-                gateway.close()
+                gateway.close(wait=not timed_out)  # a lane stuck in a request must not hold the worker
+            elif timed_out and gateway is not None:
+                drop_kept_gateway(integration.id)
             db.session.commit()
     return run
 
@@ -129,6 +146,13 @@ def _retry(ctx: Context, failure_ids: Sequence[int] | None) -> None:
 
 _KEPT: dict[int, tuple[str, CrmGateway, float]] = {}
 KEEP_SECONDS = 300
+
+
+def drop_kept_gateway(integration_id: int) -> None:
+    """Forget the kept gateway of an integration (its session may be stuck in a request)."""
+    kept = _KEPT.pop(integration_id, None)
+    if kept is not None:
+        kept[1].close(wait=False)
 
 
 def kept_gateway(integration: CrmIntegration) -> CrmGateway:

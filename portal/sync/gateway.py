@@ -102,9 +102,9 @@ class CrmGateway:
         """Requests sent so far, all lanes together."""
         return sum(t.requests_sent for t in self._transports)
 
-    def close(self) -> None:
-        """Close every session."""
-        self.writer.close()
+    def close(self, wait: bool = True) -> None:
+        """Close every session (``wait=False``: leave a lane stuck in a request behind instead of waiting)."""
+        self.writer.close(wait=wait)
         for t in self._transports:
             t.close()
 

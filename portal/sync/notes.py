@@ -79,9 +79,12 @@ def push_events(ctx: Context, lead_ids: Sequence[int] | None = None, all_types: 
                 break
         if pending is not None:
             writer.finish(*pending)
-    finally:
+    except BaseException:
         # After a failure nobody reads a chunk's outcome: its notes stay in flight and are reconciled later.
-        writer.close()
+        # Nor is a chunk still on its way waited for (the run may have met its time limit with the CRM hung).
+        writer.close(wait=False)
+        raise
+    writer.close()
 
 
 class NoteWriter:
@@ -92,10 +95,10 @@ class NoteWriter:
         self.labels = labels
         self._pool: ThreadPoolExecutor | None = None
 
-    def close(self) -> None:
-        """Wait for a chunk still being sent."""
+    def close(self, wait: bool = True) -> None:
+        """Wait for a chunk still being sent (or, ``wait=False``, leave it to end on its own)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=wait)
             self._pool = None
 
     def start(self, rows: list) -> tuple[list, Future]:

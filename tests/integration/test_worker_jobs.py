@@ -65,3 +65,49 @@ def test_a_pool_of_workers_shares_the_queues_and_one_scheduler(app, tmp_path):
     assert pids <= {c.pid for c in children} and pool.pid not in pids
     log = (tmp_path / "pool.log").read_text()
     assert log.count("Acquired scheduler lock") == 1, log  # the parent schedules; the workers do not
+
+
+def test_a_run_past_its_time_limit_frees_the_worker_and_the_integration(app, connected, tmp_path):
+    """A CRM that holds every write: the job's timeout ends the run in plain words, frees its lock and the worker."""
+    from portal import sync
+    from portal.models import CrmIntegration
+    from portal.platform_models import RunStatus, SyncRun
+    from portal.schedule import start_run
+
+    from .holding_proxy import HoldingProxy
+    from .sync_helpers import configure, make_leads, wait_for
+
+    crm, iid, org = connected["crm"], connected["integration_id"], connected["org_id"]
+    crm.reset(seed=False, platform_option=True)
+    proxy = HoldingProxy(crm.org_url)
+    configure(app, iid, marketing_automation=True, enabled=True, org_url=proxy.url(crm.org_url),
+              odata_url=proxy.url(crm.webapi_url))
+    make_leads(app, org, 1500, prefix="held")  # two batches: both lanes stuck in a request
+    app.config.update(SYNC_RUN_TIMEOUT_BASE=4, SYNC_SECONDS_PER_RECORD=0)
+    with app.app_context():
+        run_id = start_run(db.session.get(CrmIntegration, iid), "manual", steps=["push_marketing_leads"],
+                           trigger="test").id
+    worker = start_worker(app, tmp_path / "worker.log", "--queues", f"{queues.QUEUE_NIGHTLY},{queues.QUEUE_DEFAULT}")
+    try:
+        def ended():
+            with app.app_context():
+                run = db.session.get(SyncRun, run_id)
+                return run if run.status not in (RunStatus.queued, RunStatus.running) else None
+
+        run = wait_for(ended, 40, "the run to end at its time limit")
+        assert proxy.held >= 1, run.message  # a lane was in a request the CRM never answered
+        assert run.status == RunStatus.failed and "time limit" in run.message, run.message
+        with app.app_context():
+            assert queues.redis().get(sync.lock_name(iid, "manual")) is None  # the integration is free
+            db.session.add(BackgroundJob(id="c" * 32, kind="health"))
+            db.session.commit()
+            queues.queue(queues.QUEUE_DEFAULT).enqueue("jobs.health.ping", "c" * 32, job_id="c" * 32)
+
+        def pinged() -> bool:
+            with app.app_context():
+                return db.session.get(BackgroundJob, "c" * 32).status == JobStatus.finished
+
+        wait_for(pinged, 10, "the same worker to run the next job")
+    finally:
+        stop_worker(worker, kill=True)
+        proxy.close()
