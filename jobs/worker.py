@@ -7,7 +7,9 @@ of its own that is removed when the job ends, whatever happened in it.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import threading
 
 from rq import Queue, SimpleWorker
@@ -108,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-scheduler", action="store_true",
                         help="do not move scheduled jobs onto queues here (another process does)")
     args = parser.parse_args(argv)
+    # `kill -USR1 <pid>` prints every thread's stack: where a stuck job is waiting.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     from portal import queues
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
 
     stop = threading.Event()
     if not args.no_scheduler and not args.burst:
-        run_scheduler(conn, names, stop)
+        run_scheduler(conn, queues.ALL_QUEUES, stop)  # every queue's scheduled jobs, whichever queues are worked
     try:
         if args.processes > 1:
             from rq.worker_pool import WorkerPool

@@ -92,6 +92,10 @@ def load_config(overrides: dict | None = None) -> dict:
         "SYNC_SECONDS_PER_RECORD": float(os.environ.get("SYNC_SECONDS_PER_RECORD") or 0.5),
         "SYNC_PUSH_TIMEOUT": env_int("SYNC_PUSH_TIMEOUT", 600),
         "SYNC_WAIT_SECONDS": env_int("SYNC_WAIT_SECONDS", 5),
+        # A connection test ends within this, however the CRM answers (its job's timeout is a little longer).
+        "CONNECTION_TEST_DEADLINE": env_int("CONNECTION_TEST_DEADLINE", 45),
+        # How long a push waits for one of its CRM's in-flight slots before coming back later (see sync/inflight).
+        "SYNC_PUSH_SLOT_WAIT": float(os.environ.get("SYNC_PUSH_SLOT_WAIT") or 1),
         # How long a writer waits for a record another writer is sending (then leaves it to the next run).
         "SYNC_CLAIM_WAIT_SECONDS": env_int("SYNC_CLAIM_WAIT_SECONDS", 60),
         # For measurements only: one look-up and one write per record, as most integrations do (bench/sync.py).

@@ -19,6 +19,7 @@ from ..models import CrmIntegration, utcnow
 from ..platform_models import Acceptance, CrmLink, Lead, MarketingEvent, RunStatus, SyncFailure, SyncRun
 from .context import Context
 from .gateway import CrmGateway
+from .inflight import NoSlot
 from .locks import close_stopped_runs, integration_lock
 from .notes import push_events
 from .pushing import push_custom_notes, push_leads
@@ -66,7 +67,7 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
         run.status, run.started_at = RunStatus.running, utcnow()
         db.session.commit()
         close_stopped_runs(integration.id, run.id)
-        own_gateway, timed_out = gateway is None, False
+        own_gateway, timed_out, waiting = gateway is None, False, ""
         if gateway is None and run.kind in ("push", "acceptance"):
             gateway, own_gateway = kept_gateway(integration), False
         try:
@@ -86,6 +87,11 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
             run.message = summary(run)
             if not run.dry_run:
                 record_success(db.session.get(CrmIntegration, integration.id))
+        except NoSlot as exc:
+            # Only a push gives up waiting for a slot: it stays queued and its job comes back (nothing is lost;
+            # what it sent is linked, and claims make the next try skip it).
+            db.session.rollback()
+            waiting = f"Waiting: {exc} This push is sent when one is free."
         except TimeLimitReached as exc:
             timed_out = True
             _abort(run_id, integration.id, DynamicsError(
@@ -102,8 +108,11 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
                                                          action="Retry the run; if it fails again, report it."))
         finally:
             run = db.session.get(SyncRun, run_id)
-            run.finished_at = utcnow()
-            run.progress_done = run.progress_total
+            if waiting:
+                run.status, run.message = RunStatus.queued, waiting
+            else:
+                run.finished_at = utcnow()
+                run.progress_done = run.progress_total
             if own_gateway and gateway is not None:
                 gateway.close(wait=not timed_out)  # a lane stuck in a request must not hold the worker
             elif timed_out and gateway is not None:
@@ -170,7 +179,10 @@ def kept_gateway(integration: CrmIntegration) -> CrmGateway:
     if kept is None or kept[0] != fingerprint:
         if kept is not None:
             kept[1].close()
-        kept = (fingerprint, CrmGateway(integration, 1), now)
+        # A push waits only briefly for an in-flight slot: behind a hung or busy CRM it comes back later
+        # instead of holding the push worker that other tenants' pushes need.
+        kept = (fingerprint, CrmGateway(integration, 1, slot_wait=float(
+            current_app.config.get("SYNC_PUSH_SLOT_WAIT", 1))), now)
     _KEPT[integration.id] = (kept[0], kept[1], now)
     return kept[1]
 

@@ -29,7 +29,7 @@ class Limited:
         self.slots = slots
 
     def _send(self, name: str, *args):
-        with self.slots.slot():
+        with self.slots.slot(self.slots.wait):
             try:
                 result = getattr(self.service, name)(*args)
             except ServerBusyError:
@@ -58,7 +58,8 @@ class Limited:
 class CrmGateway:
     """One integration's CRM: a service per lane (NTLM authenticates a connection), reads and batched writes."""
 
-    def __init__(self, integration: CrmIntegration, parallel: int = 2, one_per_record: bool | None = None):
+    def __init__(self, integration: CrmIntegration, parallel: int = 2, one_per_record: bool | None = None,
+                 slot_wait: float | None = None):
         self.config = config_for(integration)
         # What most integrations do (one look-up and one write per record): kept to measure against (bench/).
         one = (current_app.config.get("SYNC_ONE_REQUEST_PER_RECORD", False)
@@ -67,7 +68,7 @@ class CrmGateway:
         self._transports: list[Transport] = []
         self._lock = threading.Lock()
         # Every write holds one of the CRM's in-flight slots, shared by all runs and workers (``inflight``).
-        self.slots = Slots(integration.id)
+        self.slots = Slots(integration.id, wait=slot_wait)
         self.writer = BatchWriter(lambda: Limited(self.service(), self.slots), parallel=parallel,
                                   one_per_record=bool(one))
         self.read_retries = 0

@@ -62,8 +62,9 @@ def current_limit(integration_id: int, conn=None) -> int:
 class Slots:
     """The in-flight slots of one integration's CRM (safe to use from the lanes' threads)."""
 
-    def __init__(self, integration_id: int, limit: int | None = None):
+    def __init__(self, integration_id: int, limit: int | None = None, wait: float | None = None):
         self.integration_id = integration_id
+        self.wait = wait  # how long a write waits for a slot (None: as long as its job may run)
         self.conn = queues.redis()
         self.top = limit or configured()
         self._acquire = self.conn.register_script(_ACQUIRE)

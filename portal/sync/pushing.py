@@ -30,7 +30,10 @@ def push_leads(ctx: Context, leads: list[Lead], *, allow_updates: bool) -> list[
     held = []
     if todo and ctx.writes:
         # One writer at a time per lead: a push, the nightly catch-up and a retry may all hold it now.
-        held = claims.claim(ctx.integration.id, "lead", [ld.id for ld in todo], ctx.owner)
+        # A push does not wait for a lead another run is sending (that run links it and sends its events);
+        # the other runs wait a little for a push to finish with it.
+        held = claims.claim(ctx.integration.id, "lead", [ld.id for ld in todo], ctx.owner,
+                            wait=0 if ctx.run.kind == "push" else None)
         existing.update(ctx.links("lead", held))  # linked by another writer while we waited: already done
         todo = [ld for ld in todo if ld.id in set(held) and ld.id not in existing]
     try:
