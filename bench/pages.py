@@ -10,8 +10,10 @@ process per core with threads, on a free loopback port, with the stack's environ
 runs wrk (Debian's, /usr/bin/wrk) against each page with the session cookie. A wrk Lua script counts every
 answer that is not 200; any such answer fails the benchmark.
 
-Prints, for each page: requests per second, 50th/95th/99th percentile latency, the target for the 95th
-percentile and PASS/MISS; then the SQL statements each page runs with 10 and with ROWS rows (counted in
+A bare signed-in page (the same session, user load and layout, no data; bench/bare.py) is measured in the same
+run with the same stack. Prints, for each page: requests per second, 50th/95th/99th percentile latency, the target
+for the 95th percentile and PASS/MISS, the server CPU per request and its ratio to the bare page's (target at most
+1.5); then the SQL statements each page runs with 10 and with ROWS rows (counted in
 process with the Flask test client), which must not grow. ``--quick`` runs each page for 4 seconds.
 """
 
@@ -202,9 +204,14 @@ def seed(st: Stack, rows: int) -> dict:
 # SQL statements per page, in process (Flask test client), with 10 and with ROWS rows.
 
 
+BARE = "Bare signed-in page"
+MAX_RATIO = 1.5  # a page may cost at most this many times the bare page's server CPU per request
+
+
 def pages_for(iid: int, partner: str, supplier: str) -> list[tuple[str, str, str, float]]:
-    """(label, path, login, target p95 in ms) of the measured pages."""
+    """(label, path, login, target p95 in ms) of the measured pages (the bare page, served by bench/bare.py)."""
     return [
+        (BARE, "/bench/bare", partner, 50.0),
         ("CRM Settings listing", "/settings/crm", partner, 50.0),
         ("Edit Settings", f"/settings/crm/{iid}/edit", partner, 50.0),
         ("Sync history", f"/settings/crm/{iid}/runs", partner, 100.0),
@@ -255,6 +262,8 @@ def sql_counts(st: Stack, ids: dict) -> list[tuple[str, int, int]]:
     small = pages_for(ids["small"], SMALL_PARTNER_ADMIN, SMALL_SUPPLIER_ADMIN)
     big = pages_for(ids["big"], PARTNER_ADMIN, SUPPLIER_ADMIN)
     for (label, small_path, small_user, _), (_, big_path, big_user, _) in zip(small, big, strict=True):
+        if label == BARE:
+            continue  # served by bench/bare.py only
         out.append((label, count(small_user, small_path), count(big_user, big_path)))
     return out
 
@@ -265,7 +274,10 @@ def sql_counts(st: Stack, ids: dict) -> list[tuple[str, int, int]]:
 
 @contextlib.contextmanager
 def serve_portal(st: Stack, threads: int, workers: int = 2):
-    """gunicorn (WORKERS processes of THREADS threads, as production runs it), on a free loopback port."""
+    """gunicorn (WORKERS processes of THREADS threads, as production runs it), on a free loopback port.
+
+    It serves ``bench.bare:app``: the production app plus the bare page measured against.
+    """
     import requests
 
     from sandbox.testing import free_port
@@ -274,7 +286,7 @@ def serve_portal(st: Stack, threads: int, workers: int = 2):
     log = open(Path(st.env["PORTAL_INSTANCE_PATH"]) / "portal.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--workers", str(workers),
                              "--threads", str(threads), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
-                             "wsgi:app"], cwd=ROOT, env=st.env, stdout=log, stderr=subprocess.STDOUT)
+                             "bench.bare:app"], cwd=ROOT, env=st.env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -377,13 +389,17 @@ def main() -> None:
     print(f"Pages under load: wrk -t{args.wrk_threads} -c{args.connections} -d{duration:g}s, gunicorn with "
           f"{args.server_workers} processes of {args.server_threads} threads, PostgreSQL; {args.rows} sync runs / "
           f"{args.rows} partners")
+    bare_cpu = next(f["cpu_ms"] for label, _path, f, _t in results if label == BARE)
     print(f"{'page':<24} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'target p95':>11}  result"
-          f"  {'server CPU ms/req':>17}")
+          f"  {'server CPU ms/req':>17}  {'x bare':>6}  <= {MAX_RATIO}")
     for label, _path, f, target in results:
         verdict = "PASS" if f["p95"] < target else "MISS"
+        ratio = f["cpu_ms"] / bare_cpu if bare_cpu else float("nan")
+        cost = "" if label == BARE else ("PASS" if ratio <= MAX_RATIO else "MISS")
         print(f"{label:<24} {f['rps']:>8.1f} {f['p50']:>8.1f} {f['p95']:>8.1f} {f['p99']:>8.1f} "
-              f"{'< ' + format(target, '.0f') + ' ms':>11}  {verdict}  {f['cpu_ms']:>17.1f}")
-    print("(wrk keeps every connection busy: latency is about connections x server time per request / cores)")
+              f"{'< ' + format(target, '.0f') + ' ms':>11}  {verdict}  {f['cpu_ms']:>17.1f}  {ratio:>6.2f}  {cost}")
+    print("(wrk keeps every connection busy: latency is about connections x server time per request / cores;")
+    print(" x bare: the page's server CPU per request over the bare signed-in page's, measured in the same run)")
     print()
     print(f"SQL statements per page (10 rows vs {args.rows} rows)")
     print(f"{'page':<24} {'10':>6} {args.rows:>6}  result")

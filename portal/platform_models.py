@@ -248,6 +248,7 @@ class SyncWatermark(db.Model):
     modified_on: Mapped[datetime | None] = mapped_column(UTCDateTime())
     read_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     link_id: Mapped[int | None] = mapped_column(Integer)  # the newest CRM link when the last read began
+    link_window: Mapped[int | None] = mapped_column(Integer)  # links numbered just before it, counted then
     full_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 

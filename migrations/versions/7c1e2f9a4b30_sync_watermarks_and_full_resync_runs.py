@@ -24,6 +24,7 @@ def upgrade():
     sa.Column('modified_on', sa.DateTime(timezone=True), nullable=True),
     sa.Column('read_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('link_id', sa.Integer(), nullable=True),
+    sa.Column('link_window', sa.Integer(), nullable=True),
     sa.Column('full_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['integration_id'], ['crm_integrations.id'], name=op.f('fk_sync_watermarks_integration_id_crm_integrations'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_sync_watermarks')),

@@ -66,7 +66,14 @@ class Context:
         self.would_create: set[str] = set()  # in a Preview: emails of the people it would have created
         self.rec = Recorder(run, self.commit)
         self.owner = f"run-{run.id}"  # whose claims these are (see ``claims``)
-        self.watermarks = Watermarks(integration.id, full=bool(run.full), writes=self.writes)
+        self._watermarks: Watermarks | None = None
+
+    @property
+    def watermarks(self) -> Watermarks:
+        """How far the pull steps have read this integration's CRM (loaded when a pull step first asks)."""
+        if self._watermarks is None:
+            self._watermarks = Watermarks(self.integration.id, full=bool(self.run.full), writes=self.writes)
+        return self._watermarks
 
     @property
     def counts(self) -> StepCounts:

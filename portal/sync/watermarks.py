@@ -19,8 +19,8 @@ from ..platform_models import CrmLink, SyncWatermark
 
 OVERLAP = timedelta(minutes=5)  # records modified this long before the watermark are read again
 # Links are numbered as they are made; a link made by a transaction still open when the last read began may
-# carry a lower number than the newest seen then, so the last links before it count as new again (a push
-# writes at most a batch of 1,000 at once; re-reading their records costs one request).
+# carry a lower number than the newest seen then. The links of this window are counted at each read: when more
+# are there at the next read, they count as new again (a push writes at most a batch of 1,000 at once).
 LINK_OVERLAP = 1000
 FULL_EVERY = timedelta(days=7)  # a pull reads everything when its last full read is older than this
 
@@ -45,12 +45,13 @@ class Watermarks:
             return None
         return row.modified_on - OVERLAP
 
-    def link_id(self, name: str) -> int | None:
-        """The newest link when the last read of this name began, or None."""
+    def links_seen(self, name: str) -> tuple[int | None, int]:
+        """The newest link when the last read of this name began, and how many links its window held then."""
         row = self._rows.get(name)
-        return row.link_id if row is not None else None
+        return (row.link_id, row.link_window or 0) if row is not None else (None, 0)
 
-    def advance(self, name: str, newest: datetime | None, *, full: bool, link_id: int | None = None) -> None:
+    def advance(self, name: str, newest: datetime | None, *, full: bool,
+                links: tuple[int | None, int] = (None, 0)) -> None:
         """A read finished: keep the newest ``modifiedon`` read (never going back) and, after a full read, its time."""
         if not self.writes:
             return
@@ -60,9 +61,12 @@ class Watermarks:
             db.session.add(row)
         if newest is not None and (row.modified_on is None or newest > row.modified_on):
             row.modified_on = newest
+        elif row.modified_on is None:
+            # Nothing to read yet: whatever the CRM saves from now on is newer than when this read began.
+            row.modified_on = self.now
         row.read_at = self.now
-        if link_id is not None:
-            row.link_id = link_id
+        if links[0] is not None:
+            row.link_id, row.link_window = links
         if full:
             row.full_at = self.now
 
@@ -98,21 +102,23 @@ def follow(ctx, mark: str, entity: str, columns: list[str], field: str, guids: d
     columns = [*columns, "modifiedon"]
     newest_link = db.session.scalar(select(func.max(CrmLink.id)).where(
         CrmLink.integration_id == ctx.integration.id, CrmLink.local_type == "lead"))
+    links = (newest_link, _window(ctx, newest_link)) if newest_link is not None else (None, 0)
     if since is None:
         records = ctx.gateway.fetch_in(entity, columns, field, sorted(guids), order=order)
     else:
         records = _changed_or_new(ctx, mark, entity, columns, field, guids, since, order)
     yield from tracker.watch(records)
-    ctx.watermarks.advance(mark, tracker.newest, full=since is None, link_id=newest_link)
+    ctx.watermarks.advance(mark, tracker.newest, full=since is None, links=links)
 
 
 def _changed_or_new(ctx, mark, entity, columns, field, guids, since, order) -> Iterator:
     """Records modified since the watermark about our leads, then those about leads linked since the last read."""
-    last_link = ctx.watermarks.link_id(mark)
+    last_link, window = ctx.watermarks.links_seen(mark)
     fresh_query = select(CrmLink.crm_id).where(CrmLink.integration_id == ctx.integration.id,
                                                CrmLink.local_type == "lead", CrmLink.crm_id != "")
     if last_link is not None:
-        fresh_query = fresh_query.where(CrmLink.id > last_link - LINK_OVERLAP)
+        late = _window(ctx, last_link) != window  # links committed after the last read began, numbered before
+        fresh_query = fresh_query.where(CrmLink.id > (last_link - LINK_OVERLAP if late else last_link))
     fresh = sorted({crm_id.lower() for crm_id in db.session.scalars(fresh_query)} & set(guids))
     given: set[str] = set()
     changed = ctx.gateway.fetch(fetch_xml(entity, columns, [("modifiedon", "ge", since)],
@@ -124,6 +130,13 @@ def _changed_or_new(ctx, mark, entity, columns, field, guids, since, order) -> I
     for rec in ctx.gateway.fetch_in(entity, columns, field, fresh, order=order):
         if rec.id not in given:
             yield rec
+
+
+def _window(ctx, newest: int) -> int:
+    """How many lead links are numbered within ``LINK_OVERLAP`` before ``newest`` (``newest`` included)."""
+    return db.session.scalar(select(func.count()).select_from(CrmLink).where(
+        CrmLink.integration_id == ctx.integration.id, CrmLink.local_type == "lead",
+        CrmLink.id > newest - LINK_OVERLAP, CrmLink.id <= newest)) or 0
 
 
 def about(rec, field: str) -> str | None:

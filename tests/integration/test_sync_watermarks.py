@@ -138,12 +138,7 @@ def test_resync_everything_on_sync_history_queues_a_full_run(app, connected, cli
     assert client.post(f"/settings/crm/{iid}/runs/resync").status_code == 400  # no CSRF token
 
 
-def test_follow_up_pulls_read_changes_and_every_record_of_a_newly_linked_lead(app, people, monkeypatch):
-    from portal.sync import watermarks
-
-    # Links made just before the last read count as new again (up to LINK_OVERLAP of them); with 6 links that
-    # would be all of them, so the overlap is set aside here to see the rule itself.
-    monkeypatch.setattr(watermarks, "LINK_OVERLAP", 0)
+def test_follow_up_pulls_read_changes_and_every_record_of_a_newly_linked_lead(app, people):
     crm, iid = people["crm"], people["integration_id"]
     steps = ["pull_records", "pull_status"]
     first = run_steps(app, iid, steps)["steps"]["pull_status"]
@@ -166,3 +161,15 @@ def test_follow_up_pulls_read_changes_and_every_record_of_a_newly_linked_lead(ap
         sync.execute(run.id, steps=["pull_records"])
     status = run_steps(app, iid, ["pull_status"])["steps"]["pull_status"]
     assert status["read"] == 2 and status["updated"] == 1, status  # the lead changed just before, the new one
+
+
+def test_a_quiet_night_costs_one_query_per_pull_even_where_there_was_nothing_to_read(app, people):
+    crm, iid = people["crm"], people["integration_id"]
+    configure(app, iid, ma_pull_opportunities=True)
+    steps = ["pull_records", "pull_status", "pull_activities", "pull_opportunities"]
+    run_steps(app, iid, steps)
+    before = crm.stats()["requests"].get("RetrieveMultiple", 0)
+    quiet = run_steps(app, iid, steps)
+    assert quiet["status"] == "finished", quiet
+    # leads and contacts, then one query each for statuses, activities and opportunities modified since
+    assert crm.stats()["requests"]["RetrieveMultiple"] - before == 5
