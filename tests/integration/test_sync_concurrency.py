@@ -13,6 +13,16 @@ from portal.platform_models import LeadOrigin, RunStatus, SyncRun
 from .sync_helpers import configure, emails_in_crm, event_ids, make_leads, note_refs, run_steps, wait_for
 
 
+@pytest.fixture(autouse=True)
+def patient_pushes(app):
+    """Pushes run in this process here, with no job to come back: they wait for a slot as long as it takes."""
+    from portal.sync import engine
+
+    app.config["SYNC_PUSH_SLOT_WAIT"] = 120
+    for iid in list(engine._KEPT):
+        engine.drop_kept_gateway(iid)  # a push gateway kept by an earlier test has the default wait
+
+
 @pytest.fixture
 def distributing(connected):
     """An empty sandbox; the partner's integration On with Lead Distribution and Synchronize Supplier Leads."""
