@@ -189,16 +189,17 @@ def main() -> None:
         total, parts = idle_rss(st)
         print(f"idle worker: {total / 2**20:.0f} MB in {len(parts)} process(es): "
               + ", ".join(f"{name} {rss / 2**20:.0f} MB" for name, rss in parts))
-        results = [one_round(st, args, w, n) for n, w in enumerate(counts)]
-    base = results[0]["total"]
-    print(f"{'workers':>7} {'total s':>8} {'rec/s':>7} {'speed-up':>8} {'spread s':>8} {'peak MB':>8} "
-          f"{'in flight':>9} {'push p50/max s':>15}")
-    for r in results:
-        lat = r["latencies"]
-        print(f"{r['workers']:>7} {r['total']:>8.1f} {r['rate']:>7.0f} {base / r['total']:>8.2f} {r['spread']:>8.1f} "
-              f"{r['peak_rss'] / 2**20:>8.0f} {r['in_flight']:>9} "
-              f"{statistics.median(lat):>7.2f}/{max(lat):<7.2f}"
-              + (f"  ({r['failed']} runs failed)" if r["failed"] else ""))
+        print(f"{'workers':>7} {'total s':>8} {'rec/s':>7} {'speed-up':>8} {'spread s':>8} {'peak MB':>8} "
+              f"{'in flight':>9} {'push p50/max s':>15}", flush=True)
+        results = []
+        for n, w in enumerate(counts):
+            r = one_round(st, args, w, n)
+            results.append(r)
+            lat = r["latencies"]
+            print(f"{r['workers']:>7} {r['total']:>8.1f} {r['rate']:>7.0f} {results[0]['total'] / r['total']:>8.2f} "
+                  f"{r['spread']:>8.1f} {r['peak_rss'] / 2**20:>8.0f} {r['in_flight']:>9} "
+                  f"{statistics.median(lat):>7.2f}/{max(lat):<7.2f}"
+                  + (f"  ({r['failed']} runs failed)" if r["failed"] else ""), flush=True)
     print("in flight: the most batches one integration had in the CRM at once (Redis, sampled every 50 ms); the "
           f"sandbox saw at most {max(r['em_peak'] for r in results)} at once, all tenants together.")
     print(f"push p95 over all rounds: {percentile(sorted(x for r in results for x in r['latencies']), 95):.2f} s")
