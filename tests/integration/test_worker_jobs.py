@@ -99,7 +99,8 @@ def test_a_run_past_its_time_limit_frees_the_worker_and_the_integration(app, con
         assert proxy.held >= 1, run.message  # a lane was in a request the CRM never answered
         assert run.status == RunStatus.failed and "time limit" in run.message, run.message
         with app.app_context():
-            assert queues.redis().get(sync.lock_name(iid, "manual")) is None  # the integration is free
+            # The integration is free as the run's job ends (not when the stuck request would have).
+            wait_for(lambda: queues.redis().get(sync.lock_name(iid, "manual")) is None, 5, "the lock to go")
             db.session.add(BackgroundJob(id="c" * 32, kind="health"))
             db.session.commit()
             queues.queue(queues.QUEUE_DEFAULT).enqueue("jobs.health.ping", "c" * 32, job_id="c" * 32)
