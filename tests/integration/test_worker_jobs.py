@@ -113,3 +113,33 @@ def test_a_run_past_its_time_limit_frees_the_worker_and_the_integration(app, con
     finally:
         stop_worker(worker, kill=True)
         proxy.close()
+
+
+def test_a_connection_test_of_a_hung_crm_ends_at_its_deadline(app, connected):
+    """A CRM that never answers: the test says so within its deadline and the worker goes on (not 5 minutes)."""
+    import time
+
+    from jobs.worker import PortalWorker
+    from portal import jobs_state
+    from portal.models import CrmIntegration
+
+    from .holding_proxy import HoldingProxy
+
+    crm, iid = connected["crm"], connected["integration_id"]
+    proxy = HoldingProxy(crm.org_url, marker=b"POST ")  # every request held, the NTLM handshake's first
+    app.config["CONNECTION_TEST_DEADLINE"] = 2
+    try:
+        with app.app_context():
+            row = db.session.get(CrmIntegration, iid)
+            row.org_url, row.odata_url = proxy.url(crm.org_url), proxy.url(crm.webapi_url)
+            db.session.commit()
+            job = jobs_state.enqueue("connection-test", "jobs.connection.run_test", queue_name=queues.QUEUE_TESTS,
+                                     integration_id=iid, args=(iid, False), timeout=60).id
+            started = time.monotonic()
+            PortalWorker([queues.queue(queues.QUEUE_TESTS)], connection=queues.redis()).work(burst=True)
+            took = time.monotonic() - started
+            done = db.session.get(BackgroundJob, job)
+            assert done.status == JobStatus.failed and "did not finish answering within 2 s" in done.message
+        assert proxy.held >= 1 and took < 10, took
+    finally:
+        proxy.close()
