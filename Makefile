@@ -1,18 +1,15 @@
 # The two commands: `make run` serves the portal, `make test` passes the tests.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+# The newest of Python 3.13, 3.12 and 3.11 that runs here (scripts/find-python); PYTHON=... picks another.
+PYTHON ?= $(shell bash scripts/find-python)
+VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
 
 .PHONY: run test lint install browser bench bench-quick clean
 
-$(STAMP): requirements.txt requirements-dev.txt
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	touch $(STAMP)
-
-install: $(STAMP)
+# Says which Python it picked; makes the venv anew when that Python's version changed.
+install:
+	@test -n "$(PYTHON)" || { echo "no Python 3.13, 3.12 or 3.11 found (PYTHON=/path/to/python3.x)" >&2; exit 1; }
+	@bash scripts/ensure-venv "$(PYTHON)" "$(VENV)"
 
 run: install
 	$(BIN)/python -m portal.serve

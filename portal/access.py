@@ -16,8 +16,17 @@ from .models import CrmIntegration, User
 
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
-    """Flask-Login's loader."""
-    return db.session.get(User, int(user_id)) if user_id.isdigit() else None
+    """Flask-Login's loader: the session names the user and the session version it was issued under.
+
+    A session from before a sign-out, a password change or disabling names an older version: it is refused.
+    """
+    row_id, _, version = user_id.partition(":")
+    if not (row_id.isdigit() and version.isdigit()) or len(row_id) > 18:
+        return None
+    user = db.session.get(User, int(row_id))
+    if user is None or not user.is_active or str(user.session_version) != version:
+        return None
+    return user
 
 
 def admin_required(fn: Callable[..., Any]) -> Callable[..., Any]:

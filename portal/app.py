@@ -6,14 +6,15 @@ import logging
 
 from flask import Flask, render_template, request
 
-from . import cli, queues
+from . import assets, cli, queues
 from .config import load_config
 from .extensions import csrf, db, login_manager, migrate
 
 
 def create_app(overrides: dict | None = None) -> Flask:
     """Build the app: configuration from the environment, extensions, blueprints, CLI, error pages."""
-    app = Flask("portal", instance_relative_config=False)
+    # Static files are served by assets (hashed names, long cache, compression), not by Flask's own route.
+    app = Flask("portal", instance_relative_config=False, static_folder=None)
     app.config.update(load_config(overrides))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -30,8 +31,11 @@ def create_app(overrides: dict | None = None) -> Flask:
     login_manager.login_message = "Sign in to continue."
     login_manager.session_protection = "strong"
     queues.init_app(app)
+    assets.init_app(app)
 
-    from .views import api, auth, integrations, leads, runs, settings, tokens
+    from .views import RowIdConverter, api, auth, integrations, leads, lists, runs, settings, tokens
+
+    app.url_map.converters["int"] = RowIdConverter
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(settings.bp)
@@ -40,6 +44,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     app.register_blueprint(leads.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(runs.bp)
+    app.register_blueprint(lists.bp)
     cli.init_app(app)
     _error_pages(app)
     _security_headers(app)
@@ -61,7 +66,15 @@ def _error_pages(app: Flask) -> None:
         return render_template("errors/403.html"), 403
 
     @app.errorhandler(404)
+    @app.errorhandler(405)
     def not_found(err):
+        if request.path.startswith("/api/"):
+            # No route matched (e.g. an id too large to be one), so the API blueprint's handlers never ran.
+            from .views.api import error
+
+            return error(404, "not_found", f"Nothing at {request.path}: check the address and the id.")
+        if err.code == 405:
+            return err
         return render_template("errors/404.html"), 404
 
     @app.errorhandler(CSRFError)

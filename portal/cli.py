@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
@@ -10,6 +12,7 @@ from sqlalchemy import func, select
 from .extensions import db
 from .models import Organization, OrgKind, Role, User, integration_for
 from .passwords import weakness
+from .validation import email_problem
 
 DEMO_SUPPLIER = "Demo Supplier"
 DEMO_PARTNER = "Demo Partner"
@@ -49,8 +52,9 @@ def create_org(name: str, kind: str, supplier_names: list[str]) -> Organization:
 def create_user(email: str, password: str, org_name: str, role: str) -> User:
     """Create a user. Raises ClickException (and writes nothing) for any bad input."""
     email = email.strip().lower()
-    if "@" not in email or email.startswith("@") or email.endswith("@"):
-        raise click.ClickException(f"{email!r} is not an email address.")
+    problem = email_problem(email)
+    if problem:
+        raise click.ClickException(f"{email!r} is not an email address: {problem}")
     org = org_by_name(org_name)
     if org is None:
         raise click.ClickException(f"No organization named {org_name!r}: create it first with `flask orgs create`.")
@@ -116,6 +120,39 @@ def users_create(email: str, password: str, org_name: str, role: str) -> None:
         db.session.rollback()
         raise
     click.echo(f"Created {user.role.value} {user.email} in {user.organization.name!r}.")
+
+
+def user_by_email(email: str) -> User:
+    """The user with this email, or a ClickException."""
+    user = db.session.scalar(select(User).where(func.lower(User.email) == email.strip().lower()))
+    if user is None:
+        raise click.ClickException(f"No user with the email {email.strip()}.")
+    return user
+
+
+@users.command("set-password")
+@click.option("--email", required=True)
+@click.option("--password-stdin", is_flag=True, required=True, help="read the new password from standard input")
+def users_set_password(email: str, password_stdin: bool) -> None:
+    """Change a user's password; every session of that user ends."""
+    user = user_by_email(email)
+    password = sys.stdin.readline().rstrip("\r\n")
+    problem = weakness(password, user.email)
+    if problem:
+        raise click.ClickException(problem)
+    user.set_password(password)
+    db.session.commit()
+    click.echo(f"Changed the password of {user.email}; their sessions have ended.")
+
+
+@users.command("disable")
+@click.option("--email", required=True)
+def users_disable(email: str) -> None:
+    """Disable a user: no more sign-ins, and every session of that user ends at once."""
+    user = user_by_email(email)
+    user.disable()
+    db.session.commit()
+    click.echo(f"Disabled {user.email}; their sessions have ended.")
 
 
 def seed_demo_data(sandbox: dict | None = None) -> list[tuple[str, str, str, str]]:

@@ -67,6 +67,7 @@ def load_config(overrides: dict | None = None) -> dict:
         "REDIS_URL": env_str("REDIS_URL"),
         "PLATFORM_NAME": env_str("PLATFORM_NAME", "ZiftONE"),
         "CRM_ALLOWED_NETWORKS": env_str("CRM_ALLOWED_NETWORKS"),
+        "CRM_ALLOWED_ENDPOINTS": env_str("CRM_ALLOWED_ENDPOINTS"),
         "SMTP_HOST": env_str("SMTP_HOST"),
         "SMTP_PORT": env_int("SMTP_PORT", 25),
         "SMTP_FROM": env_str("SMTP_FROM", "portal@localhost"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import current_app
 
-from .connectors.dynamics import ConnectionConfig, parse_allowed_networks
+from .connectors.dynamics import ConnectionConfig, parse_allowed_endpoints, parse_allowed_networks
 from .crypto import decrypt
 from .models import CrmIntegration
 
@@ -20,8 +20,17 @@ def connector_config(*, org_url: str, odata_url: str, username: str, password: s
         domain=(domain or "").strip(),
         organization=(organization or "").strip(),
         ca_bundle=ca_bundle,
-        allowed_networks=tuple(parse_allowed_networks(current_app.config.get("CRM_ALLOWED_NETWORKS", ""))),
+        allowed_networks=_allowed_networks(),
+        allowed_endpoints=_allowed_endpoints(),
     )
+
+
+def _allowed_networks():
+    return tuple(parse_allowed_networks(current_app.config.get("CRM_ALLOWED_NETWORKS", "")))
+
+
+def _allowed_endpoints():
+    return tuple(parse_allowed_endpoints(current_app.config.get("CRM_ALLOWED_ENDPOINTS", "")))
 
 
 def config_for(integration: CrmIntegration) -> ConnectionConfig:
@@ -42,7 +51,7 @@ def guard_problem(url: str) -> str | None:
     from .connectors.dynamics.errors import BlockedUrlError, InvalidUrlError
 
     try:
-        check_url(url, tuple(parse_allowed_networks(current_app.config.get("CRM_ALLOWED_NETWORKS", ""))))
+        check_url(url, _allowed_networks(), _allowed_endpoints())
     except (BlockedUrlError, InvalidUrlError) as exc:
         return f"{exc.message} {exc.action}"
     except DynamicsError:

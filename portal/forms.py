@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from flask_wtf import FlaskForm
@@ -19,26 +20,69 @@ from wtforms import (
     URLField,
     widgets,
 )
-from wtforms.validators import DataRequired, Email, InputRequired, Length, NumberRange, Optional, ValidationError
+from wtforms.validators import (
+    DataRequired,
+    InputRequired,
+    Length,
+    NumberRange,
+    Optional,
+    StopValidation,
+    ValidationError,
+)
 
 from . import catalog
+from .validation import email_problem, text_problem
 
 
-class LoginForm(FlaskForm):
+def _no_control_characters(form: FlaskForm, field: Any) -> None:
+    """The one text rule (portal.validation), on every field that holds text."""
+    multiline = isinstance(field.widget, widgets.TextArea)
+    values = field.data if isinstance(field.data, list) else [field.data]
+    for value in values:
+        if isinstance(value, str):
+            problem = text_problem(value, multiline=multiline)
+            if problem:
+                raise StopValidation(f"This field {problem}")
+
+
+class PortalForm(FlaskForm):
+    """A form whose every text field is refused with a message when it holds control characters."""
+
+    def validate(self, extra_validators: dict | None = None) -> bool:
+        """Validate as WTForms does, with the text rule added to each field."""
+        extra = {name: list(validators) for name, validators in (extra_validators or {}).items()}
+        for name in self._fields:
+            extra.setdefault(name, []).insert(0, _no_control_characters)
+        return super().validate(extra)
+
+
+class EmailAddress:
+    """The portal's one email rule (portal.validation.email_problem) as a WTForms validator."""
+
+    def __init__(self, message: str | None = None):
+        self.message = message
+
+    def __call__(self, form: FlaskForm, field: Any) -> None:
+        problem = email_problem(field.data or "")
+        if problem:
+            raise ValidationError(self.message or problem)
+
+
+class LoginForm(PortalForm):
     """Email and password."""
 
-    email = EmailField("Email", validators=[DataRequired(), Email(check_deliverability=False), Length(max=320)])
+    email = EmailField("Email", validators=[DataRequired(), EmailAddress()])
     password = PasswordField("Password", validators=[DataRequired(), Length(max=500)])
     next = HiddenField()
 
 
-class ToggleForm(FlaskForm):
+class ToggleForm(PortalForm):
     """The On/Off switch: a CSRF-protected form that works with and without htmx."""
 
     state = HiddenField(validators=[DataRequired()])
 
 
-class CsrfOnlyForm(FlaskForm):
+class CsrfOnlyForm(PortalForm):
     """A button-only action that still carries the CSRF token."""
 
 
@@ -54,7 +98,12 @@ def choices(pairs) -> list[SelectChoice]:
 
 def url_problem(url: str, *, must_end_with_web: bool) -> str | None:
     """What is wrong with the shape of a CRM URL (not its address), or None."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is what raises for a bad one
+        parts.hostname  # noqa: B018 - and the host for an unclosed [IPv6 bracket
+    except ValueError as exc:
+        return f"The URL is malformed ({exc}): check the server name and the port."
     if parts.scheme not in ("http", "https"):
         return "The URL must start with http:// or https://."
     if not parts.hostname:
@@ -69,7 +118,7 @@ def url_problem(url: str, *, must_end_with_web: bool) -> str | None:
     return None
 
 
-class GeneralForm(FlaskForm):
+class GeneralForm(PortalForm):
     """G1: the supplier and how new leads are recorded."""
 
     supplier_id = SelectField("Supplier", coerce=int, validators=[InputRequired(message="Choose a supplier.")])
@@ -79,7 +128,7 @@ class GeneralForm(FlaskForm):
     )
 
 
-class ConnectionForm(FlaskForm):
+class ConnectionForm(PortalForm):
     """G2: CRM credentials and URLs. The password is write-only."""
 
     username = StringField("CRM username", validators=[InputRequired(message="Enter the CRM user name."),
@@ -115,7 +164,7 @@ class ConnectionForm(FlaskForm):
             raise ValidationError("Write the user as DOMAIN\\user or put the domain in its own field.")
 
 
-class UsageForm(FlaskForm):
+class UsageForm(PortalForm):
     """G3: the two usage profiles with their advanced options."""
 
     marketing_automation = BooleanField("Marketing Automation")
@@ -153,7 +202,7 @@ class MultiCheckboxField(SelectMultipleField):
     option_widget = widgets.CheckboxInput()
 
 
-class AdvancedForm(FlaskForm):
+class AdvancedForm(PortalForm):
     """G4: lead event types and campaigns."""
 
     event_types = MultiCheckboxField("Lead Event Types", choices=choices(catalog.EVENT_TYPES))
@@ -165,21 +214,19 @@ class AdvancedForm(FlaskForm):
 # --- API tokens and leads --------------------------------------------------------------------------------------
 
 
-class TokenForm(FlaskForm):
+class TokenForm(PortalForm):
     """A new API token: a name saying what uses it."""
 
     name = StringField("Token name", validators=[DataRequired(message="Name the token after what will use it."),
                                                  Length(max=100)])
 
 
-class DistributeForm(FlaskForm):
+class DistributeForm(PortalForm):
     """A lead a supplier distributes to one of its partners (S1, S4)."""
 
     partner_id = SelectField("Partner", coerce=int, validators=[InputRequired(message="Choose a partner.")])
     email = EmailField("Email", validators=[DataRequired(message="A lead needs an email address."),
-                                            Email(check_deliverability=False,
-                                                  message="Enter a valid email address, e.g. ann@example.com."),
-                                            Length(max=320)])
+                                            EmailAddress()])
     first_name = StringField("First name", validators=[Optional(), Length(max=100)])
     last_name = StringField("Last name", validators=[Optional(), Length(max=100)])
     company = StringField("Company", validators=[Optional(), Length(max=200)])
@@ -195,3 +242,19 @@ class DistributeForm(FlaskForm):
     country = StringField("Country", validators=[Optional(), Length(max=100)])
     description = StringField("Description", validators=[Optional(), Length(max=4000)], widget=widgets.TextArea())
     score = IntegerField("Score", validators=[Optional(), NumberRange(min=0, max=100, message="From 0 to 100.")])
+
+
+def _printable(form, field) -> None:
+    """Refuse control characters (a NUL would not even reach PostgreSQL)."""
+    if field.data and any(ord(ch) < 32 or 0xD800 <= ord(ch) <= 0xDFFF for ch in field.data):
+        raise ValidationError("Use letters, digits and punctuation only.")
+
+
+class ContactListForm(FlaskForm):
+    """A contact list made from one of the CRM's marketing lists (read live), named, kept in sync or not."""
+
+    crm_list_id = SelectField("CRM marketing list", validate_choice=False,
+                              validators=[DataRequired(message="Choose one of your CRM's marketing lists.")])
+    name = StringField("Contact list name", validators=[DataRequired(message="Name the contact list."),
+                                                        Length(max=200), _printable])
+    keep_in_sync = BooleanField("Keep list in sync with CRM Leads", default=True)

@@ -25,6 +25,7 @@ from .platform_models import (
     OutboxEmail,
     normalize_email,
 )
+from .validation import email_problem
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ def clean_fields(data: dict) -> dict:
 def valid_email(email: str) -> str:
     """The email, or a LeadError saying why it is not one."""
     email = (email if isinstance(email, str) else "").strip()
-    if not email or "@" not in email or " " in email or len(email) > 320 or email.startswith("@") \
-            or email.endswith("@"):
-        raise LeadError("A lead needs a valid email address.")
+    problem = email_problem(email)
+    if problem:
+        raise LeadError(f"A lead needs a valid email address: {problem}")
     return email
 
 

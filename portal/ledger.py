@@ -116,7 +116,7 @@ def active_retry(integration_id: int) -> SyncRun | None:
 
 def start_refusal(integration: CrmIntegration, kind: str) -> str | None:
     """Why a run of this kind cannot start now (settings not saved and tested, or a run in progress), or None."""
-    problem = integration.switch_on_refusal()
+    problem = integration.connection_refusal()
     if problem:
         return f"Not started. {problem}"
     busy = running_run(integration.id)
@@ -201,3 +201,55 @@ def failures_csv(run: SyncRun) -> Iterator[str]:
             writer.writerow([csv_safe(getattr(failure, name)) for name in CSV_COLUMNS])
         last_id = chunk[-1].id
         yield flush()
+
+
+# A plain sentence per kind of failure; the CRM's own words stay behind "raw response".
+PLAIN_FAILURES = {
+    "privilege": "The CRM user is not allowed to {operation} {entities} in the CRM.",
+    "not_found": "The record no longer exists in the CRM.",
+    "duplicate": "The CRM refused the record as a duplicate of one it already has.",
+    "server_busy": "The CRM was too busy to take the record.",
+    "timeout": "The CRM did not answer in time.",
+}
+_OPERATIONS = {"set-state": "change the status of", "link": "link"}
+_ENTITY_PLURALS = {"annotation": "notes", "opportunity": "opportunities", "activitypointer": "activities"}
+
+
+def plain_failure(failure: SyncFailure) -> str:
+    """What happened to a failed record, in one plain sentence (never the CRM's raw fault text)."""
+    template = PLAIN_FAILURES.get(failure.code)
+    if template:
+        entities = _ENTITY_PLURALS.get(failure.entity, f"{failure.entity}s" if failure.entity else "records")
+        operation = _OPERATIONS.get(failure.operation, failure.operation or "write")
+        return template.format(operation=operation, entities=entities)
+    return failure.message or "The CRM refused the record."
+
+
+def raw_failure(failure: SyncFailure) -> str:
+    """The CRM's own answer: the raw fault, or its message when that is all there is."""
+    if failure.raw:
+        return failure.raw
+    return failure.message if failure.message and failure.message != plain_failure(failure) else ""
+
+
+def record_names(failures: Sequence[SyncFailure]) -> dict[tuple[str, int], str]:
+    """The people behind failed records, by (local type, id): "First Last <email>" for leads and their events."""
+    from .platform_models import Lead, MarketingEvent
+
+    lead_ids = {f.local_id for f in failures if f.local_type == "lead" and f.local_id is not None}
+    event_ids = {f.local_id for f in failures if f.local_type == "event" and f.local_id is not None}
+    event_leads = dict(db.session.execute(select(MarketingEvent.id, MarketingEvent.lead_id)
+                                          .where(MarketingEvent.id.in_(event_ids))).all()) if event_ids else {}
+    wanted = lead_ids | set(event_leads.values())
+    leads = {lead.id: lead for lead in db.session.scalars(select(Lead).where(Lead.id.in_(wanted)))} if wanted else {}
+
+    def name(lead_id: int) -> str | None:
+        lead = leads.get(lead_id)
+        if lead is None:
+            return None
+        who = lead.full_name.strip()
+        return f"{who} <{lead.email}>" if who else lead.email
+
+    names = {("lead", i): n for i in lead_ids if (n := name(i))}
+    names.update({("event", e): f"an event of {n}" for e, lead_id in event_leads.items() if (n := name(lead_id))})
+    return names

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     select,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -121,15 +122,38 @@ class User(UserMixin, db.Model):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[Role] = mapped_column(Enum(Role, name="user_role", native_enum=False, length=20))
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Part of every session's identity (get_id): bumping it ends all of the user's sessions at once, on every
+    # server, with no session store to search. Chosen over server-side sessions in Redis because the session
+    # cookie then stays the only session state, and a Redis restart does not sign everyone out.
+    session_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     organization: Mapped[Organization] = relationship(lazy="joined")
 
     def set_password(self, password: str) -> None:
-        """Hash the password with scrypt (Werkzeug's default KDF)."""
+        """Hash the password with scrypt (Werkzeug's default KDF); a changed password ends every session."""
+        if self.password_hash:
+            self.end_sessions()
         self.password_hash = generate_password_hash(password, method="scrypt")
+
+    def end_sessions(self) -> None:
+        """Make every session cookie issued so far worthless (sign-out, password change, disabling)."""
+        self.session_version = (self.session_version or 1) + 1
+
+    def disable(self) -> None:
+        """Refuse the user's sign-ins from now on and end the sessions they have."""
+        self.disabled = True
+        self.end_sessions()
+
+    @property
+    def is_active(self) -> bool:
+        """Flask-Login refuses inactive users; a disabled user is one."""
+        return not self.disabled
+
+    def get_id(self) -> str:
+        """The session's user id: the row id and the session version, checked on every request."""
+        return f"{self.id}:{self.session_version or 1}"
 
     def check_password(self, password: str) -> bool:
         """True when the password matches the stored hash."""
@@ -139,6 +163,26 @@ class User(UserMixin, db.Model):
     def is_admin(self) -> bool:
         """True for administrators."""
         return self.role == Role.admin
+
+
+class LoginThrottle(db.Model):
+    """Failed sign-ins for one email from one client address, and how long that pair is locked out.
+
+    Kept per (email, address) and for unknown emails too, so a lockout neither reveals which emails have
+    accounts nor lets a stranger lock an owner out from elsewhere.
+    """
+
+    __tablename__ = "login_throttles"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    client: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locks: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("email", "client", name="uq_login_throttles_email_client"),)
 
 
 class IntegrationState(enum.StrEnum):
@@ -250,7 +294,19 @@ class CrmIntegration(db.Model):
         return bool(self.last_test_ok) and self.last_test_fingerprint == self.connection_fingerprint()
 
     def switch_on_refusal(self) -> str | None:
-        """Why the integration cannot be switched On now, or None when it can (L2)."""
+        """Why the integration cannot be switched On now, or None when it can (L2, and something to sync)."""
+        problem = self.connection_refusal()
+        if problem:
+            return problem
+        missing = self.setup_missing
+        if missing:
+            # On with no supplier or no profile would sync nothing at all.
+            named = [title if anchor == "general" else f"the {title}" for anchor, title, _ in missing]
+            return f"Save {' and '.join(named)} first: {'; '.join(why for _, _, why in missing)}."
+        return None
+
+    def connection_refusal(self) -> str | None:
+        """Why the saved connection cannot be used yet (not saved, not tested, or changed since), or None."""
         if not self.connection_complete:
             return (
                 "Save the CRM Connection Settings first (username, password and Organization Web Service URL), "
@@ -268,11 +324,28 @@ class CrmIntegration(db.Model):
         return None
 
     @property
+    def setup_missing(self) -> list[tuple[str, str, str]]:
+        """The Edit Settings sections still to save before On makes sense: (anchor, title, why)."""
+        missing = []
+        if not self.supplier_id:
+            missing.append(("general", "General Settings",
+                            "choose the supplier whose program this CRM connection serves"))
+        if not (self.marketing_automation or self.lead_distribution):
+            missing.append(("usage", "Usage Profile",
+                            "choose Marketing Automation, Lead Distribution or both, or nothing would be synced"))
+        return missing
+
+    @property
     def state(self) -> IntegrationState:
         """Off, On or Error, as the listing shows it."""
         if self.error_code:
             return IntegrationState.error
         return IntegrationState.on if self.enabled else IntegrationState.off
+
+    @property
+    def error_from_sync(self) -> bool:
+        """True when the banner's error came from a sync: the last connection test had passed."""
+        return bool(self.error_code) and bool(self.last_test_ok)
 
     def set_error(self, code: str, message: str, action: str) -> None:
         """Raise the banner under the listing row (L3)."""

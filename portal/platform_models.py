@@ -160,6 +160,10 @@ class ContactList(db.Model):
     member_count: Mapped[int] = mapped_column(Integer, default=0)
     skipped_without_email: Mapped[int] = mapped_column(Integer, default=0)
     last_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The CRM list's own name (the contact list may be named otherwise) and when it was found deleted there.
+    crm_list_name: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    crm_missing_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class ContactListMember(db.Model):

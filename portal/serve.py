@@ -45,6 +45,20 @@ def _port_or_free(preferred: int) -> int:
             return free_port()
 
 
+def allow_sandbox(env: dict[str, str], port: int) -> None:
+    """Let the portal reach exactly the sandbox's address and port, not the rest of loopback.
+
+    Tenant administrators choose the URLs the connection test reaches: allowing all of loopback would let
+    them probe every local service (Redis, PostgreSQL...) through it.
+    """
+    entry = f"127.0.0.1:{port}"
+    current = [e.strip() for e in env.get("CRM_ALLOWED_ENDPOINTS", "").split(",") if e.strip()]
+    if entry not in current:
+        current.append(entry)
+    env["CRM_ALLOWED_ENDPOINTS"] = ",".join(current)
+    print(f"* CRM_ALLOWED_ENDPOINTS={env['CRM_ALLOWED_ENDPOINTS']} so the portal may reach the sandbox CRM only")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Start everything, print the address and the logins, and stop it all on Ctrl-C."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -85,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                 "odata_url": f"{base}/demo/api/data/v8.2/",
                 "username": USERNAME, "domain": DOMAIN, "password": PASSWORD,
             }
-            if not env.get("CRM_ALLOWED_NETWORKS"):
-                # The demo CRM runs on this machine; real deployments leave loopback refused.
-                env["CRM_ALLOWED_NETWORKS"] = "127.0.0.0/8,::1/128"
-                print("* CRM_ALLOWED_NETWORKS=127.0.0.0/8,::1/128 so the portal may reach the local sandbox CRM")
+            allow_sandbox(env, port)
             print(f"* Sandbox CRM: {sandbox['org_url']} (user {DOMAIN}\\{USERNAME})")
         os.environ.update(env)
 

@@ -37,7 +37,8 @@ from .values import E_BATCH_SIZE, E_INVALID_ARGUMENT, E_SERVER_BUSY, E_UNKNOWN_M
 
 VERSION = "8.2.2.112"
 MAX_BATCH = 1000
-# Messages of the crm namespace (dynamics-protocol.md §2.1); their responses use it too.
+# Messages whose request and response types live in the crm contracts namespace
+# (http://schemas.microsoft.com/crm/2011/Contracts), not the xrm one; the message family decides.
 CRM_MESSAGES = {
     "WhoAmI",
     "RetrieveVersion",

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import schema as s
 
-# Real ErrorCodes (dynamics-protocol.md §2.10).
+# Real ErrorCodes of OrganizationServiceFault: record not found, missing privilege, duplicate record.
 E_NOT_FOUND = -2147220969
 E_MISSING_PRIVILEGE = -2147220960
 E_DUPLICATE = -2147220937

@@ -141,6 +141,16 @@ class Factory:
             db.session.commit()
         return email
 
+    def profile(self, integration_id: int) -> None:
+        """General Settings and a Usage Profile saved (the partner's first supplier, Marketing Automation)."""
+        from portal.models import CrmIntegration
+
+        with self.app.app_context():
+            integ = db.session.get(CrmIntegration, integration_id)
+            integ.supplier_id = integ.organization.suppliers[0].id
+            integ.marketing_automation = True
+            db.session.commit()
+
     def integration(self, org_id: int, password: str | None = None, **fields) -> int:
         from portal.crypto import encrypt
         from portal.models import Organization, integration_for

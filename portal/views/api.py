@@ -14,6 +14,8 @@ from ..extensions import csrf, db
 from ..leads import LeadError
 from ..models import Organization
 from ..platform_models import STANDARD_FIELDS, Campaign, Lead, MarketingEvent
+from ..validation import json_text_problems
+from . import DB_INT_MAX
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # no cookies are used here: the bearer token is the credential
@@ -86,9 +88,14 @@ def body(kind: type = dict):
     except BadRequest as exc:
         raise ApiError(400, "bad_json", "The request body is not valid JSON: send a JSON object with "
                                         "Content-Type: application/json.") from exc
+    except RecursionError as exc:
+        raise ApiError(400, "bad_json", "The request body is nested too deeply: no lead, event or campaign "
+                                        "needs more than a few levels.") from exc
     if not isinstance(data, kind):
         shape = "object" if kind is dict else "array" if kind is list else "object or array"
         raise ApiError(400, "bad_json", f"The request body must be a JSON {shape}.")
+    for field, problem in json_text_problems(data):
+        raise ApiError(422, "invalid", f"{field} {problem}")
     return data
 
 
@@ -99,8 +106,8 @@ def page_args() -> tuple[int, int]:
         offset = int(request.args.get("offset", 0))
     except ValueError as exc:
         raise ApiError(400, "bad_query", "limit and offset must be whole numbers.") from exc
-    if not 1 <= limit <= MAX_PAGE or offset < 0:
-        raise ApiError(400, "bad_query", f"limit must be from 1 to {MAX_PAGE} and offset 0 or more.")
+    if not 1 <= limit <= MAX_PAGE or not 0 <= offset <= DB_INT_MAX:
+        raise ApiError(400, "bad_query", f"limit must be from 1 to {MAX_PAGE} and offset from 0 to {DB_INT_MAX}.")
     return limit, offset
 
 

@@ -36,7 +36,10 @@ def build_forms(integration: CrmIntegration, posted: str | None = None) -> dict:
     general = GeneralForm(formdata=request.form if posted == "general" else None, obj=integration, prefix="general")
     general.supplier_id.choices = choices([(0, "— Choose a supplier —"), *_supplier_choices(integration)])
     if posted != "general":
-        general.supplier_id.data = integration.supplier_id or 0
+        suppliers = _supplier_choices(integration)
+        # A partner of exactly one supplier has nothing to choose: that supplier is preselected.
+        only = suppliers[0][0] if len(suppliers) == 1 else 0
+        general.supplier_id.data = integration.supplier_id or only
     connection = ConnectionForm(formdata=request.form if posted == "connection" else None, obj=integration,
                                 prefix="connection", has_password=integration.has_password)
     records_as_contacts = integration.record_leads_as == "contact"
@@ -57,8 +60,10 @@ def _last_test(integration: CrmIntegration) -> BackgroundJob | None:
 
 
 def _context(integration: CrmIntegration, forms: dict, saved: str | None = None) -> dict:
-    return {"row": integration, "forms": forms, "saved": saved, "test": _last_test(integration),
-            "stuck": False, "platform": current_app.config["PLATFORM_NAME"]}
+    test = _last_test(integration)
+    stuck = test is not None and not test.done and jobs_state.is_stuck_in_queue(test)
+    return {"row": integration, "forms": forms, "saved": saved, "test": test,
+            "stuck": stuck, "platform": current_app.config["PLATFORM_NAME"]}
 
 
 def _page(integration: CrmIntegration, forms: dict, status: int = 200, saved: str | None = None):

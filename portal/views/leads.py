@@ -13,6 +13,7 @@ from ..extensions import db
 from ..forms import CsrfOnlyForm, DistributeForm
 from ..models import Organization
 from ..platform_models import STANDARD_FIELDS, Acceptance, LeadOrigin, OutboxEmail
+from . import page_arg
 from .htmx import fragment, is_htmx, require_csrf
 
 bp = Blueprint("leads", __name__)
@@ -23,10 +24,7 @@ ANSWERS = {"accept": True, "reject": False}
 
 def _page_number() -> int:
     """The ``page`` query argument, from 1."""
-    try:
-        return max(1, int(request.args.get("page", 1)))
-    except ValueError:
-        return 1
+    return page_arg()
 
 
 def _supplier_only() -> None:

@@ -22,6 +22,7 @@ from ..extensions import db
 from ..forms import CsrfOnlyForm
 from ..models import CrmIntegration, audit
 from ..platform_models import SyncRun
+from . import DB_INT_MAX, id_arg
 from .htmx import fragment, is_htmx, poll, require_csrf
 
 bp = Blueprint("runs", __name__, url_prefix="/settings/crm")
@@ -39,7 +40,7 @@ def _run_or_404(integration: CrmIntegration, run_id: int) -> SyncRun:
 
 
 def _history_context(integration: CrmIntegration) -> dict:
-    before = request.args.get("before", type=int)
+    before = id_arg("before")
     runs, older = ledger.runs_page(integration.id, before)
     return {"row": integration, "runs": runs, "older": older, "before": before, "csrf_form": CsrfOnlyForm()}
 
@@ -106,7 +107,8 @@ def _detail_context(integration: CrmIntegration, run: SyncRun) -> dict:
     failures, total = ledger.failures_of(run)
     pending = ledger.pending_count(run) if total else 0
     return {"row": integration, "run": run, "failures": failures, "failure_total": total, "pending": pending,
-            "shown_limit": ledger.FAILURES_SHOWN, "csrf_form": CsrfOnlyForm()}
+            "shown_limit": ledger.FAILURES_SHOWN, "csrf_form": CsrfOnlyForm(),
+            "record_names": ledger.record_names(failures)}
 
 
 @bp.route("/<int:integration_id>/runs/<int:run_id>")
@@ -144,7 +146,7 @@ def retry(integration_id: int, run_id: int):
     run = _run_or_404(integration, run_id)
     require_csrf()
     one = request.form.get("failure_id", type=int)
-    if request.form.get("failure_id") and one is None:
+    if request.form.get("failure_id") and (one is None or not 1 <= one <= DB_INT_MAX):
         abort(400)
     ids = ledger.pending_failure_ids(run, [one] if one is not None else None)
     refusal = ledger.retry_refusal(run)

@@ -21,6 +21,7 @@ from ..models import (
     utcnow,
 )
 from ..queues import QUEUE_DEFAULT
+from . import page_arg
 from .htmx import fragment, is_htmx, poll, require_csrf
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
@@ -112,7 +113,7 @@ def partners():
     wanted = request.args.get("state", "")
     if wanted in ("on", "off", "error"):
         base = base.where(state == wanted)
-    page = max(1, request.args.get("page", 1, type=int) or 1)
+    page = page_arg()
     rows = db.session.execute(base.order_by(partner.c.name).limit(PARTNERS_PER_PAGE + 1)
                               .offset((page - 1) * PARTNERS_PER_PAGE)).all()
     more = len(rows) > PARTNERS_PER_PAGE

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,20 +13,19 @@ from typing import Any
 import pytest
 
 from portal.connectors.dynamics.transport import ConnectionConfig, HttpResponse
+from tests.fixtures import DYNAMICS, dynamics_bytes
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
 
 def fixtures_dir() -> Path:
-    """The shared Dynamics fixture corpus (SHARED_DIR overrides the sibling-of-the-repo default)."""
-    shared = os.environ.get("SHARED_DIR")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[2].parent / "shared"
-    return base / "fixtures" / "dynamics"
+    """The captured Dynamics responses kept in the repository (tests/fixtures/dynamics)."""
+    return DYNAMICS
 
 
 def fixture_bytes(relative: str) -> bytes:
-    """Read one fixture file as bytes."""
-    return (fixtures_dir() / relative).read_bytes()
+    """Read one fixture file as bytes; a missing file fails the test with its name."""
+    return dynamics_bytes(relative)
 
 
 DEFAULT_URL = "http://127.0.0.1:1/ORG/XRMServices/2011/Organization.svc/web"

@@ -9,8 +9,8 @@ import pytest
 
 from portal.connectors.dynamics import ConnectionConfig, ODataClient, OrganizationService, Transport, test_connection
 from portal.connectors.dynamics.soap import CreateRequest, UpdateRequest, fetch_xml
+from sandbox import testing
 
-testing = pytest.importorskip("sandbox.testing")
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 
 

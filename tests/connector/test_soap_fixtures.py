@@ -1,11 +1,9 @@
-"""Conformance with the captured Organization Service responses in the shared fixture corpus."""
+"""Conformance with the captured Organization Service responses kept in tests/fixtures/dynamics."""
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from lxml import etree
@@ -27,15 +25,9 @@ from portal.connectors.dynamics.xml import (
     parse_xml,
     q,
 )
+from tests.fixtures import soap_capture_names
 
-
-def _soap_dir() -> Path:
-    shared = os.environ.get("SHARED_DIR")
-    base = Path(shared) if shared else Path(__file__).resolve().parents[2].parent / "shared"
-    return base / "fixtures" / "dynamics" / "soap"
-
-
-SOAP_FILES = sorted(p.name for p in _soap_dir().glob("*.xml"))
+SOAP_FILES = soap_capture_names()
 
 
 def service_answering(kit, *files: str, status: int = 200) -> tuple[OrganizationService, object]:
@@ -44,7 +36,7 @@ def service_answering(kit, *files: str, status: int = 200) -> tuple[Organization
 
 
 def test_corpus_is_present() -> None:
-    assert len(SOAP_FILES) >= 20, "the shared fixture corpus was not found (set SHARED_DIR)"
+    assert len(SOAP_FILES) >= 20, "the captured SOAP responses are missing from tests/fixtures/dynamics/soap"
 
 
 @pytest.mark.parametrize("name", SOAP_FILES)

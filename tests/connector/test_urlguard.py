@@ -87,7 +87,12 @@ def test_classify_public(ip: str) -> None:
     ],
 )
 def test_normalize_host(host: str, canonical: str) -> None:
-    assert normalize_host(host) == canonical
+    got = normalize_host(host)
+    try:
+        # Addresses, not their spelling: Python 3.13 prints IPv4-mapped addresses as ::ffff:127.0.0.1.
+        assert ipaddress.ip_address(got) == ipaddress.ip_address(canonical)
+    except ValueError:
+        assert got == canonical
 
 
 @pytest.mark.parametrize("form", ["2130706433", "0177.0.0.1", "0x7f.0.0.1", "127.1", "012.0.0.1", "0xa.0.0.1",
@@ -207,9 +212,29 @@ def test_peer_address_is_checked_after_connect(loopback_server, kit, monkeypatch
 
     base = loopback_server(handle)
     # Simulate a resolver that said "public" at check time; the socket then connects to 127.0.0.1.
-    monkeypatch.setattr(transport_mod, "check_url", lambda url, allowed: None)
+    monkeypatch.setattr(transport_mod, "check_url", lambda url, allowed, endpoints=(): None)
     t = Transport(kit.make_config(base + "/ORG/XRMServices/2011/Organization.svc/web", allowed_networks=()))
     with pytest.raises(BlockedUrlError) as info:
         t.request("GET", base + "/ORG/XRMServices/2011/Organization.svc/web")
     assert "loopback" in info.value.message
     t.close()
+
+
+def test_allowed_endpoint_allows_exactly_that_address_and_port() -> None:
+    from portal.connectors.dynamics.urlguard import check_url, parse_allowed_endpoints
+
+    endpoints = parse_allowed_endpoints("127.0.0.1:5555, [::1]:6000")
+    assert check_url("http://127.0.0.1:5555/demo/XRMServices/2011/Organization.svc/web", (), endpoints)
+    assert check_url("http://[::1]:6000/x/web", (), endpoints)
+    assert check_url("http://[::ffff:127.0.0.1]:5555/x/web", (), endpoints)  # the same address, mapped
+    for other in ("http://127.0.0.1:6379/", "http://127.0.0.1/", "http://127.0.0.2:5555/", "http://[::1]:5555/"):
+        with pytest.raises(BlockedUrlError):
+            check_url(other, (), endpoints)
+
+
+@pytest.mark.parametrize("bad", ["127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "crm.local:80", "::1:80x"])
+def test_allowed_endpoints_must_be_address_and_port(bad: str) -> None:
+    from portal.connectors.dynamics.urlguard import parse_allowed_endpoints
+
+    with pytest.raises(ValueError, match="IP:port"):
+        parse_allowed_endpoints(bad)

@@ -23,6 +23,7 @@ from portal.embedded import free_port
 from portal.extensions import db
 
 from ..conftest import TEST_KEY, base_overrides, migrate_to_head
+from .accessibility import AccessibilityScan
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = PROJECT_ROOT / "screenshots"
@@ -151,6 +152,25 @@ class LiveStack:
             db.session.commit()
             db.session.remove()
 
+    def failed_run(self, leads: int = 3) -> int:
+        """A run whose marketing leads the CRM refused (the user lacks the create privilege); its id."""
+        from ..integration.sync_helpers import configure, make_leads, run_steps
+
+        with self.app.app_context():
+            from portal.models import CrmIntegration
+
+            org_id = db.session.get(CrmIntegration, self.integration_id).organization_id
+            db.session.remove()
+        configure(self.app, self.integration_id, marketing_automation=True, ma_sync_leads=True, ma_score_threshold=50)
+        self.failed_leads = make_leads(self.app, org_id, leads, prefix=f"refused{self.integration_id}-{free_port()}-")
+        self.crm.set_faults(missing_privilege="prvCreateLead")
+        try:
+            run = run_steps(self.app, self.integration_id, ["push_marketing_leads"])
+        finally:
+            self.crm.set_faults(missing_privilege=[])
+        assert run["failed"] >= leads, run
+        return run["id"]
+
     def last_job_seconds(self) -> tuple[float, float]:
         """The last job's wait in the queue and its run time, as the worker recorded them."""
         from portal.models import BackgroundJob
@@ -262,6 +282,34 @@ def browser_type_launch_args(browser_type_launch_args) -> dict:
         "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"],
     }
+
+
+# Page states the accessibility scan covered, per test; summed at the end of the session.
+SCANNED: list[int] = []
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say how many page states the accessibility scan covered."""
+    if SCANNED:
+        terminalreporter.write_line(f"accessibility scan: {sum(SCANNED)} page states in {len(SCANNED)} browser tests "
+                                    "(axe-core, WCAG 2.1 A/AA; serious or critical violations fail the test)")
+
+
+@pytest.fixture
+def new_context(new_context) -> Iterator[Callable]:
+    """Every browser context a test opens, with JavaScript, is scanned; serious or critical violations fail the test."""
+    scan = AccessibilityScan()
+
+    def make(**kwargs):
+        context = new_context(**kwargs)
+        if kwargs.get("java_script_enabled", True):
+            scan.install(context)
+        return context
+
+    yield make
+    scan.flush()
+    SCANNED.append(scan.states)
+    assert not scan.findings and not scan.errors, "accessibility violations:\n" + scan.report()
 
 
 @pytest.fixture

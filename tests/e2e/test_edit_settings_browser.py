@@ -107,7 +107,8 @@ def test_general_settings_save_in_place(page: Page, stack: LiveStack):
     expect(page).to_have_url(re.compile(rf"/settings/crm/{stack.integration_id}/edit$"))
     general = page.locator("#general")
     supplier = general.get_by_label("Supplier")
-    expect(supplier).to_have_value("0")  # a fresh integration asks for a choice
+    # The demo partner has exactly one supplier: a fresh integration has it preselected.
+    expect(supplier.locator("option:checked")).to_have_text("Demo Supplier")
     supplier.select_option(label="Demo Supplier")
     general.get_by_label("Leads", exact=True).check()
     mark_page(page)
@@ -186,7 +187,10 @@ def test_wrong_password_fails_with_what_to_do_in_place(page: Page, stack: LiveSt
 
 
 def test_right_password_passes_then_switch_on(page: Page, stack: LiveStack):
+    from .test_guidance_browser import set_up
+
     stack.reset(connected=True, password=WRONG_PASSWORD)
+    set_up(stack, supplier=True, marketing_automation=True)
     open_edit(page, stack)
     page.locator("#connection").get_by_label("CRM password").fill(stack.crm.password)
     assert save_and_test(page)["outcome"] == "passed"
@@ -216,6 +220,8 @@ def test_authentication_failure_raises_the_listing_banner(page: Page, stack: Liv
     expect(row(page, stack).locator(".banner")).to_have_count(0)
 
     page.locator("main a", has_text="Edit Settings").click()
+    # The page must have arrived before the watcher is installed in it.
+    expect(page).to_have_url(re.compile(rf"/settings/crm/{stack.integration_id}/edit$"))
     assert save_and_test(page)["outcome"] == "failed"
     expect(page.locator("#test-status [data-test=failed]")).to_have_attribute("data-code", "auth_failed")
 

@@ -83,6 +83,21 @@ def run_steps(app, integration_id: int, steps: list[str] | None = None, *, kind:
         return run_dict(run)
 
 
+def make_lists(app, integration_id: int, names: set[str] | None = None, keep: bool = True) -> dict[str, int]:
+    """Contact lists made from the CRM's marketing lists of these names (all by default); their ids by name."""
+    from portal import contact_lists
+    from portal.sync.steps.contact_lists import live_marketing_lists
+
+    made = {}
+    with app.app_context():
+        integ = db.session.get(CrmIntegration, integration_id)
+        for crm_list in live_marketing_lists(integ):
+            if names is None or crm_list.name in names:
+                made[crm_list.name] = contact_lists.create_from_crm(integ, crm_list, crm_list.name, keep).id
+        db.session.commit()
+    return made
+
+
 def run_dict(run: SyncRun) -> dict:
     return {"id": run.id, "status": run.status.value, "message": run.message, "created": run.created_count,
             "updated": run.updated_count, "skipped": run.skipped_count, "failed": run.failed_count,

@@ -46,7 +46,7 @@ def test_lockout_after_repeated_failures(app, factory, auth):
 def test_lockout_ends(app, factory, auth):
     from datetime import timedelta
 
-    from portal.models import User, utcnow
+    from portal.models import LoginThrottle, utcnow
 
     factory.org("Acme Partner")
     factory.user("ann@acme.example", "Acme Partner")
@@ -55,9 +55,9 @@ def test_lockout_ends(app, factory, auth):
     with app.app_context():
         from portal.extensions import db
 
-        user = db.session.query(User).one()
-        assert user.locked_until is not None
-        user.locked_until = utcnow() - timedelta(seconds=1)
+        throttle = db.session.query(LoginThrottle).one()
+        assert throttle.locked_until is not None
+        throttle.locked_until = utcnow() - timedelta(seconds=1)
         db.session.commit()
     assert auth.login("ann@acme.example").status_code == 302
 

@@ -144,9 +144,10 @@ def test_two_clicks_while_queued_enqueue_one_job(app, partner_admin, client, aut
     assert connection_tests(app, iid)[0].status == JobStatus.finished
 
 
-def test_a_failed_test_switches_an_enabled_integration_off(app, partner_admin, client, auth, crm):
+def test_a_failed_test_switches_an_enabled_integration_off(app, factory, partner_admin, client, auth, crm):
     """The connection-test job's own rule (L2): settings that fail their test do not stay On."""
     iid = partner_admin["integration_id"]
+    factory.profile(iid)
     one_test(app, client, auth, iid, crm, crm.password)
     token = auth.token()
     on = client.post(f"/settings/crm/{iid}/toggle", data={"state": "on", "csrf_token": token},

@@ -50,9 +50,10 @@ def test_switching_on_is_refused_after_a_failed_test(app, partner_admin, client,
     assert resp.status_code == 409 and "The last connection test failed" in resp.text
 
 
-def test_switch_on_and_off_with_htmx_and_without(app, partner_admin, client, auth):
+def test_switch_on_and_off_with_htmx_and_without(app, factory, partner_admin, client, auth):
     integration_id = partner_admin["integration_id"]
     _saved_and_tested(app, integration_id, ok=True)
+    factory.profile(integration_id)
     resp = toggle(client, auth, integration_id, "on", htmx=True)
     assert resp.status_code == 200 and 'data-state="On"' in resp.text
     assert resp.text.lstrip().startswith("<tbody")  # a fragment, not a page
@@ -63,6 +64,17 @@ def test_switch_on_and_off_with_htmx_and_without(app, partner_admin, client, aut
     with app.app_context():
         actions = [a.action for a in db.session.query(AuditLog).order_by(AuditLog.id)]
         assert actions == ["switched on", "switched off"]
+
+
+def test_switching_on_is_refused_until_general_settings_and_a_usage_profile_are_saved(app, factory, partner_admin,
+                                                                                   client, auth):
+    integration_id = partner_admin["integration_id"]
+    _saved_and_tested(app, integration_id, ok=True)
+    resp = toggle(client, auth, integration_id, "on", htmx=True)
+    assert resp.status_code == 409 and "Save General Settings and the Usage Profile first" in resp.text
+    assert 'data-missing="general"' in resp.text and 'data-missing="usage"' in resp.text
+    factory.profile(integration_id)
+    assert toggle(client, auth, integration_id, "on", htmx=True).status_code == 200
 
 
 def test_changed_connection_settings_need_a_new_test(app, partner_admin, client, auth):

@@ -326,6 +326,10 @@ def test_retry_one_and_all_queue_a_retry_run_with_the_right_failures(app, tested
     wrong = post(client, auth, f"/settings/crm/{iid}/runs/{run_id}/retry", {"failure_id": elsewhere})
     assert wrong.status_code == 409 and "no longer pending" in wrong.text
     assert len([r for r in runs_of(app, iid) if r.kind == "retry"]) == 2
+    # An id no row can have is refused before the database sees it.
+    huge = post(client, auth, f"/settings/crm/{iid}/runs/{run_id}/retry", {"failure_id": str(2**63)})
+    assert huge.status_code == 400
+    assert len([r for r in runs_of(app, iid) if r.kind == "retry"]) == 2
 
     # Not from a preview (it wrote nothing), nor while the run is still going.
     preview = add_run(app, iid, kind="manual", dry_run=True, status=RunStatus.partial, failed_count=1)

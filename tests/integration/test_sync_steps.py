@@ -27,6 +27,7 @@ from .sync_helpers import (
     event_ids,
     link_count,
     make_leads,
+    make_lists,
     note_refs,
     run_steps,
 )
@@ -94,6 +95,7 @@ def test_contact_lists_static_dynamic_never_accounts(app, seeded):
     crm, iid, org = seeded["crm"], seeded["integration_id"], seeded["org_id"]
     crm.insert_records("list", [{"listname": "Key accounts", "type": False, "createdfromcode": 1, "statecode": 0}])
     configure(app, iid, marketing_automation=True, ma_pull_contacts=True)
+    make_lists(app, iid)  # only lists made on the Contact lists page are pulled
     run = run_steps(app, iid, ["contact_lists"])
     assert run["status"] == "finished", run
     with app.app_context():
@@ -392,7 +394,7 @@ def test_dry_run_reports_and_writes_nothing(app, seeded, runner):
     assert engine["steps"]["push_marketing_leads"]["created"] == 4
     assert engine["steps"]["pull_records"]["created"] == 54
     assert engine["steps"]["push_campaigns"]["created"] == 1
-    assert engine["steps"]["contact_lists"]["created"] == 4
+    assert engine["steps"]["contact_lists"]["created"] == 0  # no contact list made from a CRM list here
     assert crm.stats()["records"] == before
     assert link_count(app, iid) == 0
     with app.app_context():

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from sandbox.testing import SandboxServer
 
 from .soapclient import Soap
-
-
-def shared_dir() -> Path:
-    """The shared folder with the captured fixtures (SHARED_DIR overrides)."""
-    env = os.environ.get("SHARED_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 from lxml import etree
 
 from sandbox.testing import SandboxServer
 
-from .conftest import shared_dir
+from ..fixtures import dynamics_bytes
 from .soapclient import SOAP11, Soap, b, g, request_xml, s
 
 SOAP12 = "http://www.w3.org/2003/05/soap-envelope"
@@ -38,11 +35,8 @@ def body_paths(envelope: bytes) -> tuple[str, set[Path_]]:
 
 
 def capture(name: str) -> bytes:
-    """A captured response from the shared corpus."""
-    path = shared_dir() / "fixtures" / "dynamics" / "soap" / name
-    if not path.exists():
-        pytest.skip(f"capture {path} not available")
-    return path.read_bytes()
+    """A captured response kept in tests/fixtures/dynamics/soap; a missing one fails the test."""
+    return dynamics_bytes(f"soap/{name}")
 
 
 def assert_same_shape(capture_name: str, resp_content: bytes) -> None:
@@ -55,10 +49,6 @@ def assert_same_shape(capture_name: str, resp_content: bytes) -> None:
     missing = sorted(expected - got)
     extra = sorted(got - expected)
     assert not missing and not extra, f"missing={missing[:5]} extra={extra[:5]}"
-
-
-def test_shared_dir_resolves() -> None:
-    assert isinstance(shared_dir(), Path)
 
 
 def test_who_am_i_shape(soap: Soap) -> None:

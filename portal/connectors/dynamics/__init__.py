@@ -33,7 +33,14 @@ from .soap import (
     fetch_xml,
 )
 from .transport import ConnectionConfig, Transport
-from .urlguard import check_url, classify_address, is_allowed, normalize_host, parse_allowed_networks
+from .urlguard import (
+    check_url,
+    classify_address,
+    is_allowed,
+    normalize_host,
+    parse_allowed_endpoints,
+    parse_allowed_networks,
+)
 from .xml import Entity, EntityPage, EntityReference, Label, Money, OptionMetadata, OptionSetValue
 
 __all__ = [
@@ -80,6 +87,7 @@ __all__ = [
     "is_allowed",
     "normalize_host",
     "odata_literal",
+    "parse_allowed_endpoints",
     "parse_allowed_networks",
     "test_connection",
 ]

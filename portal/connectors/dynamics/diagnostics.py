@@ -99,7 +99,8 @@ def _tcp_connect(checked: CheckedUrl, config: ConnectionConfig) -> socket.socket
                                detail=str(exc)) from exc
     try:
         # Check the address actually connected to, not the one resolved a moment ago.
-        check_address(str(sock.getpeername()[0]).split("%", 1)[0], config.allowed_networks, checked.host)
+        check_address(str(sock.getpeername()[0]).split("%", 1)[0], config.allowed_networks, checked.host,
+                      port=sock.getpeername()[1], allowed_endpoints=config.allowed_endpoints)
     except DynamicsError:
         sock.close()
         raise
@@ -162,7 +163,7 @@ def test_connection(
     t: Transport | None = transport
     try:
         def url_check() -> CheckedUrl:
-            checked = check_url(config.org_url, config.allowed_networks)
+            checked = check_url(config.org_url, config.allowed_networks, config.allowed_endpoints)
             _check_org_path(config.org_url)
             return checked
 
@@ -248,7 +249,7 @@ def test_connection(
 
         if config.odata_url:
             def odata() -> str:
-                check_url(config.odata_url or "", config.allowed_networks)
+                check_url(config.odata_url or "", config.allowed_networks, config.allowed_endpoints)
                 info = ODataClient(tr, config.odata_url).ping()
                 return "Web API answered" if info["flavour"] == "webapi" else "OData v2 answered"
 

@@ -30,7 +30,7 @@ from .errors import (
     TlsError,
     UnreachableError,
 )
-from .urlguard import IPNetwork, check_address, check_url
+from .urlguard import Endpoint, IPNetwork, check_address, check_url
 
 log = logging.getLogger("portal.connectors.dynamics")
 
@@ -54,6 +54,7 @@ class ConnectionConfig:
     read_timeout: float = 60.0
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     allowed_networks: tuple[IPNetwork, ...] = ()
+    allowed_endpoints: tuple[Endpoint, ...] = ()
     user_agent: str = DEFAULT_USER_AGENT
 
     @property
@@ -138,7 +139,8 @@ def _peer_ip(sock: socket.socket) -> str:
     return str(sock.getpeername()[0]).split("%", 1)[0]
 
 
-def _make_pool_classes(allowed: Sequence[IPNetwork]) -> dict[str, type[HTTPConnectionPool]]:
+def _make_pool_classes(allowed: Sequence[IPNetwork],
+                       endpoints: Sequence[Endpoint] = ()) -> dict[str, type[HTTPConnectionPool]]:
     """Pool classes whose connections check the address they actually connected to (DNS rebinding)."""
 
     class _PeerCheckMixin:
@@ -147,7 +149,8 @@ def _make_pool_classes(allowed: Sequence[IPNetwork]) -> dict[str, type[HTTPConne
         def _new_conn(self) -> socket.socket:
             sock = super()._new_conn()  # type: ignore[misc]
             try:
-                check_address(_peer_ip(sock), allowed, self.host)
+                check_address(_peer_ip(sock), allowed, self.host, port=sock.getpeername()[1],
+                              allowed_endpoints=endpoints)
             except BlockedUrlError:
                 sock.close()
                 raise
@@ -171,8 +174,9 @@ def _make_pool_classes(allowed: Sequence[IPNetwork]) -> dict[str, type[HTTPConne
 class GuardedAdapter(HTTPAdapter):
     """An HTTPAdapter whose new connections are refused when the peer address is not public or allowed."""
 
-    def __init__(self, allowed_networks: Sequence[IPNetwork] = (), **kwargs: Any) -> None:
-        self._pool_classes = _make_pool_classes(tuple(allowed_networks))
+    def __init__(self, allowed_networks: Sequence[IPNetwork] = (), allowed_endpoints: Sequence[Endpoint] = (),
+                 **kwargs: Any) -> None:
+        self._pool_classes = _make_pool_classes(tuple(allowed_networks), tuple(allowed_endpoints))
         super().__init__(**kwargs)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
@@ -231,7 +235,7 @@ class Transport:
         self.session.auth = HttpNtlmAuth(config.ntlm_user, config.password)
         self.session.verify = (config.ca_bundle or True) if config.verify_tls else False
         self.session.headers.update({"User-Agent": config.user_agent, "Connection": "Keep-Alive"})
-        adapter = GuardedAdapter(config.allowed_networks, max_retries=0)
+        adapter = GuardedAdapter(config.allowed_networks, config.allowed_endpoints, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
 
@@ -254,7 +258,7 @@ class Transport:
         data: bytes | None = None,
     ) -> HttpResponse:
         """Send one logical request (NTLM legs included) and return the capped, fully read response."""
-        check_url(url, self.config.allowed_networks)
+        check_url(url, self.config.allowed_networks, self.config.allowed_endpoints)
         self.requests_sent += 1
         started = time.monotonic()
         try:

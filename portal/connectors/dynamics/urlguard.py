@@ -13,6 +13,8 @@ from .errors import BlockedUrlError, InvalidUrlError, UnreachableError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# One address and port the portal may reach although the address is not public (e.g. the local sandbox).
+Endpoint = tuple[IPAddress, int]
 
 # Ordered: the first matching network names the reason. Specific ranges come before broad ones.
 _V4_RULES: list[tuple[ipaddress.IPv4Network, str]] = [
@@ -147,6 +149,37 @@ def parse_allowed_networks(text: str | None) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def parse_allowed_endpoints(text: str | None) -> tuple[Endpoint, ...]:
+    """Parse a comma-separated list of IP:port entries ("127.0.0.1:5555, [::1]:5555") into endpoints."""
+    endpoints: list[Endpoint] = []
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        try:
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(item)
+            endpoints.append((ipaddress.ip_address(host.removeprefix("[").removesuffix("]")), int(port)))
+        except ValueError as exc:
+            raise ValueError(f"Invalid endpoint in allowed endpoints (IP:port expected): {item!r}") from exc
+    return tuple(endpoints)
+
+
+def _unmapped(addr: IPAddress) -> IPAddress:
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def is_allowed_endpoint(ip: str | IPAddress, port: int | None, allowed_endpoints: Iterable[Endpoint]) -> bool:
+    """True when exactly this address and port are allowed (an IPv4-mapped address counts as IPv4)."""
+    if port is None:
+        return False
+    addr = _unmapped(_parse_ip(ip))
+    return any(addr == _unmapped(a) and port == p for a, p in allowed_endpoints)
+
+
 def is_allowed(ip: str | IPAddress, allowed_networks: Iterable[IPNetwork]) -> bool:
     """True when the address is inside one of the allowed networks (an IPv4-mapped address counts as IPv4)."""
     addr = _parse_ip(ip)
@@ -156,10 +189,12 @@ def is_allowed(ip: str | IPAddress, allowed_networks: Iterable[IPNetwork]) -> bo
     return any(c.version == net.version and c in net for c in candidates for net in allowed_networks)
 
 
-def check_address(ip: str, allowed_networks: Sequence[IPNetwork], host: str = "") -> None:
-    """Raise BlockedUrlError when the address is not public and not inside an allowed network."""
+def check_address(ip: str, allowed_networks: Sequence[IPNetwork], host: str = "", *, port: int | None = None,
+                  allowed_endpoints: Sequence[Endpoint] = ()) -> None:
+    """Raise BlockedUrlError when the address is not public, not in an allowed network, and with this port
+    not an allowed endpoint."""
     reason = classify_address(ip)
-    if reason is None or is_allowed(ip, allowed_networks):
+    if reason is None or is_allowed(ip, allowed_networks) or is_allowed_endpoint(ip, port, allowed_endpoints):
         return
     shown = f"{host} ({ip})" if host and host != ip else ip
     raise BlockedUrlError(
@@ -220,7 +255,8 @@ def resolve(host: str, port: int) -> tuple[str, ...]:
     return tuple(addresses)
 
 
-def check_url(url: str, allowed_networks: Sequence[IPNetwork] = ()) -> CheckedUrl:
+def check_url(url: str, allowed_networks: Sequence[IPNetwork] = (),
+              allowed_endpoints: Sequence[Endpoint] = ()) -> CheckedUrl:
     """Validate a CRM URL and refuse it if ANY address it resolves to is non-public and not allowed."""
     scheme, host, port = split_url(url)
     canonical = normalize_host(host)
@@ -230,5 +266,5 @@ def check_url(url: str, allowed_networks: Sequence[IPNetwork] = ()) -> CheckedUr
     except ValueError:
         addresses = resolve(host, port)
     for addr in addresses:
-        check_address(addr, allowed_networks, host)
+        check_address(addr, allowed_networks, host, port=port, allowed_endpoints=allowed_endpoints)
     return CheckedUrl(url=url, scheme=scheme, host=host, port=port, addresses=addresses)

@@ -1,0 +1,89 @@
+// The portal's behaviour on top of htmx: focus after an update, one live region, unsaved edits.
+(function () {
+  "use strict";
+
+  // One live region, never replaced: screen readers announce changes to a region they already know.
+  function announce(messages) {
+    const region = document.getElementById("announcer");
+    if (!region || !messages.length) return;
+    region.textContent = "";
+    // A short pause so the same sentence said twice in a row is still read out the second time.
+    setTimeout(function () { region.textContent = messages.join(" "); }, 60);
+  }
+
+  function newMessages() {
+    const seen = new Set();
+    const messages = [];
+    document.querySelectorAll("[data-announce]:not([data-announced])").forEach(function (el) {
+      el.setAttribute("data-announced", "");
+      const text = el.textContent.replace(/\s+/g, " ").trim();
+      if (text && !seen.has(text)) { seen.add(text); messages.push(text); }
+    });
+    return messages;
+  }
+
+  // After a swap the focused element may be gone; focus then goes to what changed.
+  function restoreFocus() {
+    const marked = document.querySelectorAll("[data-focus]");
+    const active = document.activeElement;
+    const lost = !active || active === document.body || !active.isConnected;
+    // The first invalid field comes first, then a connection test's heading, then whatever else changed.
+    const target = document.querySelector("[data-focus][aria-invalid=true]")
+      || document.querySelector("#test-status [data-focus]") || marked[0];
+    if (lost && target) target.focus({preventScroll: false});
+    marked.forEach(function (el) { el.removeAttribute("data-focus"); });
+  }
+
+  // Leaving, or submitting a form without htmx, with unsaved edits elsewhere asks first.
+  let submitting = null;
+
+  function markDirty(section, dirty) {
+    if (!section) return;
+    section.toggleAttribute("data-dirty", dirty);
+    const note = section.querySelector("[data-unsaved]");
+    if (note) note.hidden = !dirty;
+  }
+
+  function dirtySections() {
+    return document.querySelectorAll(".settings-section[data-dirty]");
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    // Messages and focus marks in a freshly loaded page are read with the page itself.
+    document.querySelectorAll("[data-announce]").forEach(function (el) { el.setAttribute("data-announced", ""); });
+    document.querySelectorAll("[data-focus]").forEach(function (el) { el.removeAttribute("data-focus"); });
+  });
+
+  document.addEventListener("htmx:afterSettle", function (event) {
+    // A section answered 422 still holds edits that are not saved.
+    const xhr = event.detail.xhr;
+    const target = event.detail.target;
+    if (xhr && xhr.status === 422 && target && target.id) markDirty(document.getElementById(target.id), true);
+    restoreFocus();
+    announce(newMessages());
+  });
+  document.addEventListener("htmx:afterRequest", function () { submitting = null; });
+
+  document.addEventListener("input", function (event) {
+    if (event.target.closest("form")) markDirty(event.target.closest(".settings-section"), true);
+  });
+  document.addEventListener("change", function (event) {
+    if (event.target.closest("form")) markDirty(event.target.closest(".settings-section"), true);
+  });
+
+  // Saving one section refreshes others out of band; a section with unsaved edits keeps them.
+  document.addEventListener("htmx:oobBeforeSwap", function (event) {
+    const target = event.detail.target;
+    if (target && target.matches && target.matches(".settings-section[data-dirty]")) event.detail.shouldSwap = false;
+  });
+
+  document.addEventListener("submit", function (event) { submitting = event.target.closest(".settings-section"); });
+  window.addEventListener("beforeunload", function (event) {
+    const others = Array.from(dirtySections()).filter(function (s) { return s !== submitting; });
+    submitting = null;
+    if (others.length) {
+      event.preventDefault();
+      event.returnValue = "";
+    }
+  });
+})();

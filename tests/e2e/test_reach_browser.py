@@ -1,0 +1,255 @@
+"""Reach and keyboard in a real browser: phones, focus after htmx updates, announcements, focus rings,
+pages without JavaScript and static files (issue 13, items 1-5 and 12)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from .conftest import ADMIN, LiveStack, screenshot, sign_in
+from .test_edit_settings_browser import DYNAMICS, fill_connection, open_edit, open_listing, row, save_and_test
+
+pytestmark = pytest.mark.browser
+
+# Records every text the one live region is given, and whether it is still the node the page started with.
+WATCH_ANNOUNCER = """() => {
+  const region = document.getElementById("announcer");
+  region.__original = true;
+  window.__announced = [];
+  new MutationObserver(() => {
+    const text = region.textContent.trim();
+    if (text) window.__announced.push(text);
+  }).observe(region, {childList: true, characterData: true, subtree: true});
+}"""
+
+# The live regions of the page whose text contains a sentence (a message read out twice shows up in two).
+LIVE_REGIONS_SAYING = """(text) => [...document.querySelectorAll("[aria-live], [role=status], [role=alert]")]
+  .filter((el) => el.textContent.includes(text)).length"""
+
+FOCUSED = """() => {
+  const el = document.activeElement;
+  return {tag: el.tagName.toLowerCase(), id: el.id, role: el.getAttribute("role"), connected: el.isConnected,
+          text: el.textContent.replace(/\\s+/g, " ").trim(), inStatus: !!el.closest("#test-status")};
+}"""
+
+# WCAG relative luminance contrast of an element's outline against the page behind it.
+RING_CONTRAST = """() => {
+  const lum = (rgb) => {
+    const [r, g, b] = rgb.match(/[\\d.]+/g).slice(0, 3).map(Number).map((v) => {
+      v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+    });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const el = document.activeElement, style = getComputedStyle(el);
+  let around = el.parentElement, behind = "rgb(255, 255, 255)";
+  for (; around; around = around.parentElement) {
+    const bg = getComputedStyle(around).backgroundColor;
+    if (bg !== "transparent" && !/rgba\\(.*, 0\\)$/.test(bg)) { behind = bg; break; }
+  }
+  const ring = lum(style.outlineColor), page = lum(behind);
+  return {ratio: (Math.max(ring, page) + 0.05) / (Math.min(ring, page) + 0.05),
+          width: parseFloat(style.outlineWidth), style: style.outlineStyle, text: el.textContent.trim()};
+}"""
+
+
+# What sticks out of the window: elements wider than it, or boxes whose content overflows them visibly.
+STICKING_OUT = """(width) => [...document.querySelectorAll("body *")].filter((el) => {
+  const style = getComputedStyle(el);
+  if (el.scrollWidth > el.clientWidth + 1 && style.overflowX === "visible") return true;
+  return el.getBoundingClientRect().right > width + 0.5 && !el.closest(".overflow-auto");
+}).slice(0, 8).map((el) => `${el.tagName.toLowerCase()}.${el.className} ${el.getBoundingClientRect().right}`)"""
+
+
+def fits(page: Page, width: int) -> None:
+    """Nothing scrolls sideways at this width."""
+    overflow = page.evaluate("() => document.documentElement.scrollWidth")
+    assert overflow <= width, f"{page.url} is {overflow} px wide in a {width} px window: " + str(
+        page.evaluate(STICKING_OUT, width))
+
+
+def inside(page: Page, locator, width: int) -> None:
+    """The element is on screen horizontally."""
+    box = locator.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width, (locator, box)
+
+
+@pytest.mark.parametrize("width", [320, 375])
+def test_nothing_scrolls_sideways_on_a_phone(page: Page, stack: LiveStack, width: int):
+    stack.reset(connected=True, tested=True)
+    run_id = stack.failed_run()
+    page.set_viewport_size({"width": width, "height": 740})
+    open_listing(page)
+    fits(page, width)
+    inside(page, page.get_by_role("button", name="Sign out"), width)
+    dynamics = row(page, stack)
+    name = dynamics.get_by_role("rowheader")
+    for action in (dynamics.locator("a", has_text="Edit Settings"), dynamics.locator("a", has_text="Sync history"),
+                   dynamics.get_by_role("switch")):
+        inside(page, action, width)
+        # A row's actions stack under its name.
+        assert action.bounding_box()["y"] >= name.bounding_box()["y"] + name.bounding_box()["height"] - 1
+    screenshot(page, f"phone-{width}-listing")
+
+    page.goto(f"/settings/crm/{stack.integration_id}/edit")
+    fits(page, width)
+    screenshot(page, f"phone-{width}-edit-settings")
+    page.goto(f"/settings/crm/{stack.integration_id}/runs")
+    fits(page, width)
+    page.goto(f"/settings/crm/{stack.integration_id}/runs/{run_id}")
+    expect(page.locator("#failures tbody tr").first).to_be_visible()
+    fits(page, width)
+    screenshot(page, f"phone-{width}-run-failed-records")
+
+
+def test_focus_goes_to_what_changed_after_each_update(page: Page, stack: LiveStack):
+    open_edit(page, stack)
+    general = page.locator("#general")
+    general.get_by_label("Supplier").select_option(label="Demo Supplier")
+    general.get_by_role("button", name="Save General Settings").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#general [data-saved=general]")).to_be_visible()
+    expect(page.locator("#general [data-saved=general]")).to_be_focused()
+
+    usage = page.locator("#usage")
+    usage.get_by_label("Marketing Automation", exact=True).check()
+    usage.get_by_label("Minimum lead score threshold").fill("150")
+    usage.get_by_role("button", name="Save Usage Profile").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator('#usage [data-error-for="usage-ma_score_threshold"]')).to_be_visible()
+    expect(page.locator("#usage").get_by_label("Minimum lead score threshold")).to_be_focused()
+
+    # With the lead source option missing, the next Tab after the result reaches "Add the option".
+    stack.crm.reset(seed=True, platform_option=False)
+    fill_connection(page, stack)
+    assert save_and_test(page)["outcome"] == "failed"
+    expect(page.locator("#test-status h3")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.locator("#test-status").get_by_role("button", name=re.compile("Add the .* option"))).to_be_focused()
+
+    page.goto("/settings/crm")
+    switch = row(page, stack).get_by_role("switch")
+    switch.focus()
+    page.keyboard.press("Enter")  # refused: the test did not pass; the row is swapped with the refusal
+    expect(row(page, stack).locator("[data-refusal]")).to_be_visible()
+    focused = page.evaluate(FOCUSED)
+    assert focused["role"] == "switch" and focused["connected"], focused
+
+
+def test_one_live_region_says_each_message_once(page: Page, stack: LiveStack):
+    open_edit(page, stack)
+    page.evaluate(WATCH_ANNOUNCER)
+    general = page.locator("#general")
+    general.get_by_label("Supplier").select_option(label="Demo Supplier")
+    general.get_by_role("button", name="Save General Settings").click()
+    expect(page.locator("#announcer")).to_have_text("General Settings saved.")
+    assert page.evaluate("(t) => (" + LIVE_REGIONS_SAYING + ")(t)", "General Settings saved.") == 1
+
+    fill_connection(page, stack)
+    assert save_and_test(page)["outcome"] == "passed"
+    expect(page.locator("#announcer")).to_contain_text("Connected as")
+    passed = page.locator("#test-status [data-test=passed]").inner_text().strip()
+    assert page.evaluate("(t) => (" + LIVE_REGIONS_SAYING + ")(t)", passed) == 1
+    assert page.evaluate("() => document.getElementById('announcer').__original === true"), "the region was replaced"
+    announced = page.evaluate("() => window.__announced")
+    assert announced.count("General Settings saved.") == 1, announced
+    assert sum(passed in text for text in announced) == 1, announced
+
+    stack.reset()  # untested again, so On is refused
+    page.goto("/settings/crm")
+    page.evaluate(WATCH_ANNOUNCER)
+    row(page, stack).get_by_role("switch").click()
+    expect(row(page, stack).locator("[data-refusal]")).to_be_visible()
+    expect(page.locator("#announcer")).to_contain_text("was not switched On")
+    assert page.evaluate("(t) => (" + LIVE_REGIONS_SAYING + ")(t)", "switched On") == 1
+    text = page.locator("#announcer").inner_text()
+    assert text.count("switched On") == 1, text
+
+
+def test_focus_rings_contrast_and_names(page: Page, stack: LiveStack):
+    open_listing(page)
+    dynamics = row(page, stack)
+    dynamics.locator("a", has_text="Edit Settings").focus()
+    page.keyboard.press("Tab")
+    ring = page.evaluate(RING_CONTRAST)
+    assert ring["text"] == "Sync history"
+    assert ring["style"] != "none" and ring["width"] >= 2 and ring["ratio"] >= 3, ring
+    page.keyboard.press("Tab")
+    ring = page.evaluate(RING_CONTRAST)
+    assert ring["style"] != "none" and ring["width"] >= 2 and ring["ratio"] >= 3, ring
+
+    switch = dynamics.get_by_role("switch")
+    # The name says what it switches; the state is aria-checked alone (no "On"/"Off" in the name).
+    expect(switch).to_have_accessible_name(re.compile(rf"^Sync with {DYNAMICS} \(on-premises, 2011 and later\)$"))
+    expect(switch).to_have_attribute("aria-checked", "false")
+    expect(page.locator("table[role=grid]")).to_have_count(0)
+    hint = page.evaluate("""() => {
+      const hint = document.querySelector(".switch .hint"), button = hint.closest("button");
+      return [getComputedStyle(hint).color, getComputedStyle(hint).opacity, getComputedStyle(button).backgroundColor];
+    }""")
+    assert hint[1] == "1", hint
+
+
+def test_without_javascript_a_running_test_refreshes_until_done(new_context, stack: LiveStack):
+    stack.reset(connected=True)
+    stack.crm.set_faults(latency_ms=150)
+    page = new_context(java_script_enabled=False).new_page()
+    open_edit(page, stack)
+    page.get_by_role("button", name="Save and Test CRM Connection").click()
+    expect(page.locator("[data-refreshing]")).to_contain_text("Refresh to see the result")
+    expect(page.locator("#test-status [data-test=passed]")).to_be_visible(timeout=30_000)
+    expect(page.locator("[data-refreshing]")).to_have_count(0)
+
+
+def test_static_files_are_hashed_cached_and_compressed(page: Page, stack: LiveStack):
+    statics: list = []
+    page.on("response", lambda r: statics.append(r) if "/static/" in r.url else None)
+    page.goto("/login")
+    assert len(statics) >= 4
+    for resp in statics:
+        assert re.search(r"\.[0-9a-f]{12}\.(css|js)$", resp.url), resp.url
+        headers = resp.all_headers()
+        assert "immutable" in headers.get("cache-control", "") and "max-age=31536000" in headers["cache-control"]
+        assert headers.get("content-encoding") == "gzip", resp.url
+
+    # A second page reuses them without asking the server again (no revalidation).
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    received: dict[str, dict] = {}
+    cached: set[str] = set()
+    cdp.on("Network.responseReceived", lambda e: received.update({e["requestId"]: e["response"]})
+           if "/static/" in e["response"]["url"] else None)
+    cdp.on("Network.requestServedFromCache", lambda e: cached.add(e["requestId"]))
+    sign_in(page, ADMIN)
+    expect(page.get_by_role("heading", name="CRM Settings", exact=True)).to_be_visible()
+    page.goto("/settings/crm")
+    expect(page.get_by_role("heading", name="CRM Settings", exact=True)).to_be_visible()
+    assert received, "no static file was used"
+    asked = [r["url"] for rid, r in received.items()
+             if rid not in cached and not r.get("fromDiskCache") and not r.get("fromPrefetchCache")]
+    assert asked == [], f"{len(asked)} static requests reached the server: {asked}"
+
+
+def test_without_javascript_a_running_run_refreshes_until_done(new_context, stack: LiveStack):
+    from portal import sync
+    from portal.extensions import db
+    from portal.models import CrmIntegration, utcnow
+    from portal.platform_models import RunStatus, SyncRun
+
+    with stack.app.app_context():
+        run_id = sync.new_run(db.session.get(CrmIntegration, stack.integration_id), "manual", trigger="test").id
+        db.session.remove()
+    page = new_context(java_script_enabled=False).new_page()
+    open_listing(page)
+    page.goto(f"/settings/crm/{stack.integration_id}/runs/{run_id}")
+    expect(page.locator("[data-refreshing]")).to_contain_text("Refresh to see the result")
+    expect(page.locator("#run-body")).to_have_attribute("data-status", "queued")
+    with stack.app.app_context():
+        run = db.session.get(SyncRun, run_id)
+        run.status, run.started_at, run.finished_at = RunStatus.finished, utcnow(), utcnow()
+        db.session.commit()
+        db.session.remove()
+    # Nobody clicks anything: the page refreshes itself and stops once the run is done.
+    expect(page.locator("#run-body")).to_have_attribute("data-status", "finished", timeout=10_000)
+    expect(page.locator("[data-refreshing]")).to_have_count(0)
