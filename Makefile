@@ -25,7 +25,7 @@ test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Benchmarks (bench/README.md): production-like stack on loopback; they print figures, they assert nothing.
-BENCHES := bench/sync.py bench/pull.py bench/nightly.py bench/push_latency.py bench/pages.py
+BENCHES := bench/sync.py bench/pull.py bench/nightly.py bench/push_latency.py bench/pages.py bench/tenants.py
 
 bench: install
 	@bash scripts/ensure-wrk

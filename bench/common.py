@@ -45,6 +45,17 @@ class Stack:
         self.workers.append(proc)
         return psutil.Process(proc.pid)
 
+    def start_worker_args(self, args: list[str]) -> psutil.Process:
+        """A real worker process started with these arguments (``--queues``, ``--processes``, …)."""
+        folder = Path(self.env["PORTAL_INSTANCE_PATH"])
+        folder.mkdir(parents=True, exist_ok=True)
+        self.started += 1
+        log = open(folder / f"worker-{self.started}.log", "w")  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "jobs.worker", *args], cwd=ROOT, env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT)
+        self.workers.append(proc)
+        return psutil.Process(proc.pid)
+
     def stop_workers(self) -> None:
         """Stop every worker started here."""
         for proc in self.workers:

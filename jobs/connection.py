@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import queue
+import threading
+import time
 
 from .context import with_app
 
@@ -47,8 +50,16 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
         except DynamicsError as exc:
             add_step(job_id, {"name": "Add lead source option", "ok": False, "detail": exc.message})
 
-    result = run_connection_test(config, platform_name=platform,
-                                 on_step=lambda step: add_step(job_id, step.to_dict()))
+    deadline = float(current_app.config.get("CONNECTION_TEST_DEADLINE", 45))
+    result = _within(deadline, lambda on_step: run_connection_test(config, platform_name=platform, on_step=on_step),
+                     lambda step: add_step(job_id, step.to_dict()))
+    if result is None:  # the CRM holds the test: say so and free the worker for the next tenant's test
+        error = {"code": "timeout", "message": f"The CRM did not finish answering within {deadline:.0f} s.",
+                 "action": "Check that the CRM server is up and not overloaded, then test again."}
+        record_test(integration, ok=False, fingerprint=fingerprint, message=error["message"], error=error)
+        db.session.commit()
+        finish_job(job_id, ok=False, message=error["message"], result={"ok": False, "steps": [], "error": error})
+        return {"ok": False}
     data = result.to_dict()
     user = _user_name(config, result.user_id) if result.ok else None
     data["user_name"] = user
@@ -66,6 +77,37 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
     finish_job(job_id, ok=result.ok, message=message, result=data)
     log.info("connection test %s for integration %s: %s", job_id, integration_id, "ok" if result.ok else "failed")
     return {"ok": result.ok}
+
+
+def _within(seconds: float, work, on_step):
+    """Run ``work(on_step)`` in a thread for at most ``seconds``; its steps are reported from this thread.
+
+    None when time is up: the thread is left to end with its request (a CRM that drips its answer keeps a
+    socket read alive for ever), and the worker goes on to the next job.
+    """
+    steps: queue.SimpleQueue = queue.SimpleQueue()
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["result"] = work(steps.put)
+        except BaseException as exc:  # noqa: BLE001 - handed to the job's thread below
+            out["error"] = exc
+
+    thread = threading.Thread(target=run, name="connection-test", daemon=True)
+    thread.start()
+    end = time.monotonic() + seconds
+    while True:
+        thread.join(timeout=0.1)
+        while not steps.empty():
+            on_step(steps.get())
+        if not thread.is_alive():
+            break
+        if time.monotonic() >= end:
+            return None
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 def _user_name(config, user_id: str | None) -> str | None:

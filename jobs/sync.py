@@ -17,9 +17,14 @@ def run(run_id: int, steps: list[str] | None = None, lead_ids: list[int] | None 
     from flask import current_app
 
     from portal import sync
+    from portal.platform_models import RunStatus
+    from portal.schedule import requeue_waiting
 
     with _sql_counter(current_app.config.get("SYNC_COUNT_SQL")) as statements:
         done = sync.execute(run_id, steps=steps, lead_ids=lead_ids, failure_ids=failure_ids)
+    if done.status == RunStatus.queued:  # another run of the integration is in progress: wait for it
+        requeue_waiting(done, steps, lead_ids, failure_ids)
+        return {"status": "waiting", "message": done.message}
     log.info("sync run %s (%s): %s %s", run_id, done.kind, done.status.value, done.message)
     if done.kind in ("push", "retry"):
         from portal.schedule import schedule_retry
@@ -53,19 +58,19 @@ def _sql_counter(enabled: bool):
 
 @with_app
 def nightly(integration_id: int) -> dict:
-    """The scheduled nightly run of one integration; schedules the next night when done."""
+    """Start the nightly run of one integration (a job of its own) and schedule the next night."""
     from portal import sync
     from portal.extensions import db
     from portal.models import CrmIntegration
-    from portal.schedule import schedule_next_night
+    from portal.schedule import enqueue_run, schedule_next_night
 
     integration = db.session.get(CrmIntegration, integration_id)
     if integration is None or not integration.enabled:
         return {"status": "skipped", "message": "The integration is Off."}
-    run_row = sync.new_run(integration, "nightly", trigger="schedule")
-    done = sync.execute(run_row.id)
+    # The run gets its own job, whose timeout fits its size (this one only starts it).
+    run_row = enqueue_run(sync.new_run(integration, "nightly", trigger="schedule"))
     schedule_next_night(integration_id)
-    return {"status": done.status.value, "message": done.message}
+    return {"status": "queued", "message": f"Nightly run {run_row.id} queued."}
 
 
 @with_app

@@ -111,6 +111,18 @@ def load_config(overrides: dict | None = None) -> dict:
         "SYNC_BATCH_RECORD_SECONDS": env_float("SYNC_BATCH_RECORD_SECONDS", 0.3),
         # After Server Busy a batch waits this long before it goes again, doubled each round (at most 8 s).
         "SYNC_BUSY_BACKOFF_SECONDS": env_float("SYNC_BUSY_BACKOFF_SECONDS", 0.25),
+        # Job timeouts that fit the work: a run gets a base plus a time per local record (never 6 h for all);
+        # a push its own; a run that finds another in progress comes back after SYNC_WAIT_SECONDS.
+        "SYNC_RUN_TIMEOUT_BASE": env_int("SYNC_RUN_TIMEOUT_BASE", 900),
+        "SYNC_SECONDS_PER_RECORD": float(os.environ.get("SYNC_SECONDS_PER_RECORD") or 0.5),
+        "SYNC_PUSH_TIMEOUT": env_int("SYNC_PUSH_TIMEOUT", 600),
+        "SYNC_WAIT_SECONDS": env_int("SYNC_WAIT_SECONDS", 5),
+        # A connection test ends within this, however the CRM answers (its job's timeout is a little longer).
+        "CONNECTION_TEST_DEADLINE": env_int("CONNECTION_TEST_DEADLINE", 45),
+        # How long a push waits for one of its CRM's in-flight slots before coming back later (see sync/inflight).
+        "SYNC_PUSH_SLOT_WAIT": float(os.environ.get("SYNC_PUSH_SLOT_WAIT") or 1),
+        # How long a writer waits for a record another writer is sending (then leaves it to the next run).
+        "SYNC_CLAIM_WAIT_SECONDS": env_int("SYNC_CLAIM_WAIT_SECONDS", 60),
         # For measurements only: one look-up and one write per record, as most integrations do (bench/sync.py).
         "SYNC_ONE_REQUEST_PER_RECORD": env_bool("SYNC_ONE_REQUEST_PER_RECORD", False),
         # For measurements only: sync jobs return how many SQL statements they ran.

@@ -13,6 +13,9 @@ import time
 from .config import PROJECT_ROOT, instance_path
 from .embedded import EmbeddedRedis, free_port
 
+# Two workers: pushes and connection tests never wait behind nightly work; the first runs the scheduler.
+WORKERS = [["--queues", "connection-tests,push"], ["--queues", "default,nightly", "--no-scheduler"]]
+
 log = logging.getLogger("portal.serve")
 
 
@@ -126,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             logins = seed_demo_data(sandbox)
         print(f"* Database: {app.config['SQLALCHEMY_DATABASE_URI']} (migrated)")
 
-        children.append(subprocess.Popen([sys.executable, "-m", "jobs.worker"], cwd=PROJECT_ROOT, env=env))  # noqa: S603
-        print("* Worker: started (queues: connection-tests, push, default, nightly)")
+        for worker_args in WORKERS:
+            children.append(subprocess.Popen([sys.executable, "-m", "jobs.worker", *worker_args],  # noqa: S603
+                                             cwd=PROJECT_ROOT, env=env))
+            print(f"* Worker: started ({' '.join(worker_args)})")
 
         url = f"http://{args.host}:{args.port}/"
         print(f"\nThe portal is at {url}  (Ctrl-C stops everything)\nDemo logins:")

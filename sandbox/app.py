@@ -371,6 +371,8 @@ class SandboxApp:
             self._add_app_users()
             with self.stats_lock:
                 self.stats.clear()
+            with self.crm.em_lock:
+                self.crm.em_peak = 0
             if payload.get("seed"):
                 from .seed import seed as run_seed
 
@@ -394,6 +396,7 @@ class SandboxApp:
                     "tokens_issued": counts.get("token:issued", 0),
                     "bearer_401": sum(v for k, v in counts.items() if k.startswith("bearer:401")),
                     "writes": {k[6:]: v for k, v in counts.items() if k.startswith("write:")},
+                    "executemultiple_peak": self.crm.em_peak,
                     "records": self.store.counts(),
                 },
             )

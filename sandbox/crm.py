@@ -91,6 +91,7 @@ class Crm:
         self.faults = FaultSettings()
         self.em_lock = threading.Lock()
         self.em_running = 0
+        self.em_peak = 0  # most ExecuteMultiple requests in progress at once (reported in stats)
         self.ensure_org()
 
     # ------------------------------------------------------------ organization

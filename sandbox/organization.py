@@ -397,6 +397,7 @@ class Organization:
             if limit and self.crm.em_running >= limit:
                 raise CrmFault(E_SERVER_BUSY, "Server Busy", {"MaxConcurrentExecuteMultiple": limit})
             self.crm.em_running += 1
+            self.crm.em_peak = max(self.crm.em_peak, self.crm.em_running)
         try:
             return self._execute_items(requests, settings, user)
         finally:

@@ -8,10 +8,10 @@ every run is recorded in the ledger (``SyncRun`` with its steps and ``SyncFailur
 from __future__ import annotations
 
 from ..ledger import new_run
-from .engine import execute, kept_gateway, push_acceptance
+from .engine import TimeLimitReached, execute, kept_gateway, push_acceptance
 from .gateway import CrmGateway
 from .locks import integration_lock, lock_name, run_alive
 from .steps import NIGHTLY, NIGHTLY_STEPS, REGISTRY
 
-__all__ = ["NIGHTLY", "NIGHTLY_STEPS", "REGISTRY", "CrmGateway", "execute", "integration_lock", "kept_gateway",
-           "lock_name", "new_run", "push_acceptance", "run_alive"]
+__all__ = ["NIGHTLY", "NIGHTLY_STEPS", "REGISTRY", "CrmGateway", "TimeLimitReached", "execute", "integration_lock",
+           "kept_gateway", "lock_name", "new_run", "push_acceptance", "run_alive"]

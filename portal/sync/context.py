@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from ..connectors.dynamics import DynamicsError
 from ..connectors.dynamics.soap import BatchItemResult
@@ -47,6 +47,16 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+def insert_ignoring_duplicates(model):
+    """An INSERT that skips rows whose unique key exists (PostgreSQL and SQLite say it the same way)."""
+    dialect = db.session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(model).on_conflict_do_nothing()
+
+
 class Context:
     """One run of one integration, as its steps see it."""
 
@@ -62,6 +72,7 @@ class Context:
         self.would_create: set[str] = set()  # in a Preview: emails of the people it would have created
         self.rec = Recorder(run, self.commit)
         self._thread = threading.get_ident()
+        self.owner = f"run-{run.id}"  # whose claims these are (see ``claims``)
         self._watermarks: Watermarks | None = None
 
     @property
@@ -82,7 +93,8 @@ class Context:
         """Write buffered links in one statement, then commit (the ledger's rows always; data only when writing)."""
         self.learn_from_crm()
         if self._pending_links:
-            db.session.execute(insert(CrmLink), self._pending_links)
+            # A link another writer saved meanwhile means the record is already done: kept, never a crash.
+            db.session.execute(insert_ignoring_duplicates(CrmLink), self._pending_links)
             self._pending_links = []
         db.session.commit()
 
@@ -113,6 +125,22 @@ class Context:
                     CrmLink.local_id.in_(chunk))):
                 out[link.local_id] = link
         return out
+
+    def mark_in_flight(self, local_type: str, ids: Sequence[int], entity: str) -> set[int]:
+        """Save in-flight links (no CRM id yet) for these records; the ids this writer now holds.
+
+        The link is the claim: a record another writer has in flight or has sent is left out.
+        """
+        if not self.writes or not ids:
+            return set(ids)
+        self.commit()
+        rows = [{"integration_id": self.integration.id, "local_type": local_type, "local_id": i, "entity": entity,
+                 "crm_id": "", "last_synced_at": utcnow()} for i in ids]
+        held: set[int] = set()
+        for chunk in chunked(rows, DB_CHUNK):
+            held.update(db.session.scalars(insert_ignoring_duplicates(CrmLink).returning(CrmLink.local_id), chunk))
+        db.session.commit()
+        return held
 
     def link(self, local_type: str, local_id: int | None, entity: str, crm_id: str) -> None:
         """Remember which CRM record a local record is (written in bulk at the next ``commit``; not in a Preview)."""

@@ -19,6 +19,7 @@ from ..models import CrmIntegration, utcnow
 from ..platform_models import Acceptance, CrmLink, Lead, MarketingEvent, RunStatus, SyncFailure, SyncRun
 from .context import Context
 from .gateway import CrmGateway
+from .inflight import NoSlot
 from .locks import close_stopped_runs, integration_lock
 from .notes import push_events
 from .pushing import push_custom_notes, push_leads
@@ -27,6 +28,16 @@ from .recorder import summary
 from .steps import NIGHTLY_STEPS, REGISTRY
 
 log = logging.getLogger(__name__)
+
+class TimeLimitReached(Exception):  # noqa: N818 - named for what happened, as the user reads it
+    """Raised in a run's thread when its job's time is up (the worker raises it; see ``jobs.worker``)."""
+
+    def __init__(self, seconds: int | float = 0):
+        super().__init__(f"The job's time limit ({seconds} s) was reached.")
+        self.seconds = seconds
+
+
+WAITING = "Waiting: another run of this integration is in progress; this one starts when it has finished."
 
 
 def execute(run_id: int, steps: Sequence[str] | None = None, lead_ids: Sequence[int] | None = None,
@@ -48,15 +59,15 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
     integration = db.session.get(CrmIntegration, run.integration_id)
     with integration_lock(integration.id, run.kind, run.id) as got:
         if not got:
-            run.status = RunStatus.failed
-            run.message = "Another run of this integration is in progress: this one was not started."
-            run.finished_at = utcnow()
+            # Nothing a user or the schedule asked for is dropped: the run stays queued and its job comes back
+            # (``schedule.requeue_waiting``) until the run in progress has finished.
+            run.message = WAITING
             db.session.commit()
             return run
         run.status, run.started_at = RunStatus.running, utcnow()
         db.session.commit()
         close_stopped_runs(integration.id, run.id)
-        own_gateway = gateway is None
+        own_gateway, timed_out, waiting = gateway is None, False, ""
         if gateway is None and run.kind in ("push", "acceptance"):
             gateway, own_gateway = kept_gateway(integration), False
         try:
@@ -76,6 +87,18 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
             run.message = summary(run)
             if not run.dry_run:
                 record_success(db.session.get(CrmIntegration, integration.id))
+        except NoSlot as exc:
+            # Only a push gives up waiting for a slot: it stays queued and its job comes back (nothing is lost;
+            # what it sent is linked, and claims make the next try skip it).
+            db.session.rollback()
+            waiting = f"Waiting: {exc} This push is sent when one is free."
+        except TimeLimitReached as exc:
+            timed_out = True
+            _abort(run_id, integration.id, DynamicsError(
+                f"The run took longer than its time limit ({exc.seconds} s) and was stopped.",
+                action="Nothing is lost: the next run picks up the records this one did not finish. If it keeps "
+                       "happening, check that the CRM answers (Test connection) or ask for a longer time limit."))
+            raise
         except DynamicsError as exc:
             _abort(run_id, integration.id, exc,
                    pending_leads=list(lead_ids or ()) if run.kind == "push" and exc.retryable else ())
@@ -85,10 +108,15 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
                                                          action="Retry the run; if it fails again, report it."))
         finally:
             run = db.session.get(SyncRun, run_id)
-            run.finished_at = utcnow()
-            run.progress_done = run.progress_total
+            if waiting:
+                run.status, run.message = RunStatus.queued, waiting
+            else:
+                run.finished_at = utcnow()
+                run.progress_done = run.progress_total
             if own_gateway and gateway is not None:
-                gateway.close()
+                gateway.close(wait=not timed_out)  # a lane stuck in a request must not hold the worker
+            elif timed_out and gateway is not None:
+                drop_kept_gateway(integration.id)
             db.session.commit()
     return run
 
@@ -129,6 +157,13 @@ _KEPT: dict[int, tuple[str, CrmGateway, float]] = {}
 KEEP_SECONDS = 300
 
 
+def drop_kept_gateway(integration_id: int) -> None:
+    """Forget the kept gateway of an integration (its session may be stuck in a request)."""
+    kept = _KEPT.pop(integration_id, None)
+    if kept is not None:
+        kept[1].close(wait=False)
+
+
 def kept_gateway(integration: CrmIntegration) -> CrmGateway:
     """A gateway kept between pushes of one integration in this worker: the NTLM handshake is done once.
 
@@ -144,7 +179,10 @@ def kept_gateway(integration: CrmIntegration) -> CrmGateway:
     if kept is None or kept[0] != fingerprint:
         if kept is not None:
             kept[1].close()
-        kept = (fingerprint, CrmGateway(integration, 1), now)
+        # A push waits only briefly for an in-flight slot: behind a hung or busy CRM it comes back later
+        # instead of holding the push worker that other tenants' pushes need.
+        kept = (fingerprint, CrmGateway(integration, 1, slot_wait=float(
+            current_app.config.get("SYNC_PUSH_SLOT_WAIT", 1))), now)
     _KEPT[integration.id] = (kept[0], kept[1], now)
     return kept[1]
 

@@ -9,23 +9,59 @@ from collections.abc import Iterator, Sequence
 from flask import current_app
 
 from ..connection import config_for
-from ..connectors.dynamics import OrganizationService, Transport
+from ..connectors.dynamics import OrganizationService, ServerBusyError, Transport
 from ..connectors.dynamics.batch import BATCH_SIZE, TRANSIENT, BatchWriter
 from ..connectors.dynamics.factory import open_service
 from ..connectors.dynamics.soap import BatchItemResult, fetch_xml
 from ..connectors.dynamics.webapi import WebApiService
 from ..models import CrmIntegration
 from ..platform_models import normalize_email
+from .inflight import Slots
 
 LOOKUP_CHUNK = 1000  # values per FetchXML `in` condition
 PAGE = 5000  # FetchXML page size when reading
 READ_TRIES = 4  # a read that meets a transient fault is tried again (reads change nothing)
 
 
+class Limited:
+    """A service whose writes each hold an in-flight slot of the CRM, and report Server Busy to the integration."""
+
+    def __init__(self, service: OrganizationService, slots: Slots):
+        self.service = service
+        self.slots = slots
+
+    def _send(self, name: str, *args):
+        with self.slots.slot(self.slots.wait):
+            try:
+                result = getattr(self.service, name)(*args)
+            except ServerBusyError:
+                self.slots.busy()
+                raise
+        self.slots.good()
+        return result
+
+    def execute_multiple(self, requests: Sequence) -> list[BatchItemResult]:
+        """One batch, holding a slot."""
+        return self._send("execute_multiple", requests)
+
+    def create(self, entity: str, attributes: dict) -> str:
+        """One create, holding a slot (the one-request-per-record mode)."""
+        return self._send("create", entity, attributes)
+
+    def update(self, entity: str, record_id: str, attributes: dict) -> None:
+        """One update, holding a slot."""
+        return self._send("update", entity, record_id, attributes)
+
+    def set_state(self, entity: str, record_id: str, state: int, status: int) -> None:
+        """One state change, holding a slot."""
+        return self._send("set_state", entity, record_id, state, status)
+
+
 class CrmGateway:
     """One integration's CRM: a service per lane (NTLM authenticates a connection), reads and batched writes."""
 
-    def __init__(self, integration: CrmIntegration, parallel: int = 2, one_per_record: bool | None = None):
+    def __init__(self, integration: CrmIntegration, parallel: int = 2, one_per_record: bool | None = None,
+                 slot_wait: float | None = None):
         self.config = config_for(integration)
         # What most integrations do (one look-up and one write per record): kept to measure against (bench/).
         one = (current_app.config.get("SYNC_ONE_REQUEST_PER_RECORD", False)
@@ -34,7 +70,10 @@ class CrmGateway:
         self._transports: list[Transport] = []
         self._services: list[OrganizationService] = []
         self._lock = threading.Lock()
-        self.writer = BatchWriter(self.service, parallel=parallel, one_per_record=bool(one),
+        # Every write holds one of the CRM's in-flight slots, shared by all runs and workers (``inflight``).
+        self.slots = Slots(integration.id, wait=slot_wait)
+        self.writer = BatchWriter(lambda: Limited(self.service(), self.slots), parallel=parallel,
+                                  one_per_record=bool(one),
                                   backoff=float(current_app.config.get("SYNC_BUSY_BACKOFF_SECONDS", 0.25)))
         self.read_retries = 0
         # Requests per batch: the limit the CRM's administrator set, once the CRM has named it.
@@ -77,9 +116,9 @@ class CrmGateway:
         """Requests sent so far, all lanes together."""
         return sum(t.requests_sent for t in self._transports)
 
-    def close(self) -> None:
-        """Close every session."""
-        self.writer.close()
+    def close(self, wait: bool = True) -> None:
+        """Close every session (``wait=False``: leave a lane stuck in a request behind instead of waiting)."""
+        self.writer.close(wait=wait)
         for t in self._transports:
             t.close()
 

@@ -82,9 +82,12 @@ def push_events(ctx: Context, lead_ids: Sequence[int] | None = None, all_types: 
                 break
         if pending is not None:
             writer.finish(*pending)
-    finally:
+    except BaseException:
         # After a failure nobody reads a chunk's outcome: its notes stay in flight and are reconciled later.
-        writer.close()
+        # Nor is a chunk still on its way waited for (the run may have met its time limit with the CRM hung).
+        writer.close(wait=False)
+        raise
+    writer.close()
 
 
 class NoteWriter:
@@ -95,22 +98,23 @@ class NoteWriter:
         self.labels = labels
         self._pool: ThreadPoolExecutor | None = None
 
-    def close(self) -> None:
-        """Wait for a chunk still being sent."""
+    def close(self, wait: bool = True) -> None:
+        """Wait for a chunk still being sent (or, ``wait=False``, leave it to end on its own)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=wait)
             self._pool = None
 
     def start(self, rows: list) -> tuple[list, Future]:
         """Mark one chunk of notes in flight, then send it (in the background when there are lanes to spare)."""
         ctx = self.ctx
+        # In flight: a crash after the CRM wrote the note but before we saved its id is reconciled. The marker
+        # is also the claim: an event another run has in flight or has sent is not sent again.
+        held = ctx.mark_in_flight("event", [event.id for event, _ in rows], "annotation")
+        rows[:] = [(event, lead) for event, lead in rows if event.id in held]
         requests = []
         for event, lead in rows:
             label = self.labels.get(event.event_type, event.event_type)
             requests.append(mapping.event_note(event, label, lead.entity, lead.crm_id, ctx.platform))
-            # In flight: a crash after the CRM wrote the note but before we saved its id is reconciled.
-            ctx.link("event", event.id, "annotation", "")
-        ctx.commit()
         if ctx.gateway.parallel <= 1 or not ctx.writes:
             # A push (one lane, a kept session) writes in this thread: a new thread would need a new NTLM session.
             now: Future = Future()

@@ -13,7 +13,7 @@ from ..connectors.dynamics.soap import CreateRequest, UpdateRequest, like_contai
 from ..extensions import db
 from ..models import utcnow
 from ..platform_models import CrmLink, Lead, LeadOrigin, MarketingEvent
-from . import mapping
+from . import claims, mapping
 from .context import Context
 
 
@@ -39,10 +39,29 @@ def push_leads(ctx: Context, leads: list[Lead], *, allow_updates: bool) -> list[
     A lead whose CRM record was deleted (the CRM says it does not exist) loses its link and is created again,
     with its events (the README's rule).
     """
-    c = ctx.counts
     if not leads:
         return []
     existing = ctx.links("lead", [ld.id for ld in leads])
+    unlinked = [ld.id for ld in leads if ld.id not in existing]
+    held: list[int] = []
+    if unlinked and ctx.writes:
+        # One writer at a time per lead: a push, the nightly catch-up and a retry may all hold it now.
+        # A push does not wait for a lead another run is sending (that run links it and sends its events);
+        # the other runs wait a little for a push to finish with it.
+        held = claims.claim(ctx.integration.id, "lead", unlinked, ctx.owner,
+                            wait=0 if ctx.run.kind == "push" else None)
+        existing.update(ctx.links("lead", held))  # linked by another writer while we waited: already done
+    others = set(unlinked) - set(held) if ctx.writes else set()
+    try:
+        return _push_claimed(ctx, leads, existing, others, allow_updates=allow_updates)
+    finally:
+        claims.release(ctx.integration.id, "lead", held, ctx.owner)
+
+
+def _push_claimed(ctx: Context, leads: list[Lead], existing: dict, others: set[int], *,
+                  allow_updates: bool) -> list[int]:
+    """``push_leads`` once the leads to create are this writer's alone (``others`` are another writer's)."""
+    c = ctx.counts
     if allow_updates:
         # Standard fields change in the CRM only when allowed, and only if they changed since the last sync.
         stale = [ld for ld in leads if ld.id in existing and ld.fields_changed_at
@@ -51,10 +70,10 @@ def push_leads(ctx: Context, leads: list[Lead], *, allow_updates: bool) -> list[
         if gone:
             forget_deleted(ctx, gone)
             existing = {k: v for k, v in existing.items() if k not in set(gone)}
-    todo = [ld for ld in leads if ld.id not in existing]
+    todo = [ld for ld in leads if ld.id not in existing and ld.id not in others]
     c.skipped += len(leads) - len(todo)
     if not todo:
-        return [ld.id for ld in leads]
+        return [ld.id for ld in leads if ld.id not in others]
     found = ctx.gateway.find_by_email(ctx.entity, [ld.email_normalized for ld in todo])
     taken = _linked_elsewhere(ctx, set(found.values()))
     creates, create_ids, linked = [], [], [ld.id for ld in leads if ld.id in existing]

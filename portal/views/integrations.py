@@ -223,7 +223,7 @@ def _start_test(integration: CrmIntegration, add_lead_source: bool = False) -> B
     return jobs_state.enqueue(
         "connection-test", "jobs.connection.run_test", queue_name=QUEUE_TESTS,
         organization_id=integration.organization_id, integration_id=integration.id,
-        args=(integration.id, add_lead_source), timeout=300,
+        args=(integration.id, add_lead_source), timeout=60,
     )
 
 

@@ -191,7 +191,7 @@ def test_auth_failure_stops_the_run_and_switches_off_after_the_limit(app, ready,
         assert integ.error_code == "" and integ.auth_failures == 0
 
 
-def test_a_second_run_while_one_holds_the_lock_is_refused_and_recorded(app, ready):
+def test_a_second_run_while_one_holds_the_lock_waits_and_says_so(app, ready):
     iid = ready["integration_id"]
     configure(app, iid, marketing_automation=True)
     with app.app_context():
@@ -203,9 +203,9 @@ def test_a_second_run_while_one_holds_the_lock_is_refused_and_recorded(app, read
             db.session.commit()
             assert sync.run_alive(holder)
             second = sync.execute(sync.new_run(integ, "manual", trigger="test").id)
-            assert second.status == RunStatus.failed
-            assert "Another run of this integration is in progress" in second.message
-            assert second.finished_at is not None and second.steps == []
+            assert second.status == RunStatus.queued  # it waits for the holder (its job comes back)
+            assert "another run of this integration is in progress" in second.message
+            assert second.finished_at is None and second.steps == []
             # Pushes have their own lock: a distributed lead is not held up by a nightly run.
             push = sync.execute(sync.new_run(integ, "push").id, lead_ids=[])
             assert push.status == RunStatus.finished
@@ -227,10 +227,10 @@ def test_a_lock_left_by_a_dead_holder_expires(app, ready):
         # What a SIGKILLed worker leaves: its lock, no one to extend it.
         queues.redis().set(sync.lock_name(iid, "manual"), "run-999999", px=1000)
         integ = db.session.get(CrmIntegration, iid)
-        refused = sync.execute(sync.new_run(integ, "manual").id, steps=["push_marketing_leads"])
-        assert refused.status == RunStatus.failed
+        waiting = sync.execute(sync.new_run(integ, "manual").id, steps=["push_marketing_leads"])
+        assert waiting.status == RunStatus.queued
         wait_for(lambda: queues.redis().get(sync.lock_name(iid, "manual")) is None, 5, "the lock to expire")
-        ok = sync.execute(sync.new_run(integ, "manual").id, steps=["push_marketing_leads"])
+        ok = sync.execute(waiting.id, steps=["push_marketing_leads"])  # its job, come back
         assert ok.status == RunStatus.finished
 
 

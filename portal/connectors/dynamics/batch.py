@@ -52,10 +52,10 @@ class BatchWriter:
         self._pool: ThreadPoolExecutor | None = None  # kept: its threads keep their authenticated sessions
         self._lock = threading.Lock()
 
-    def close(self) -> None:
-        """Stop the lanes' threads."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the lanes' threads (``wait=False``: do not wait for a lane stuck in a request; it ends on its own)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True)
+            self._pool.shutdown(wait=wait, cancel_futures=not wait)
             self._pool = None
 
     def write(self, requests: Sequence) -> list[BatchItemResult]:
