@@ -209,9 +209,14 @@ class ConnectionForm(PortalForm):
         if parts.scheme != "https" or not parts.hostname:
             raise ValidationError("The environment URL starts with https://, e.g. https://contoso.crm4.dynamics.com.")
         try:
-            parts.port  # noqa: B018 - reading it checks it
+            port = parts.port
         except ValueError as exc:
-            raise ValidationError("The environment URL has a port that is not a number from 1 to 65535.") from exc
+            port = 0
+            cause: Exception | None = exc
+        else:
+            cause = None
+        if port == 0:  # Python reads "…:0" as port 0, which no server listens on
+            raise ValidationError("The environment URL has a port that is not a number from 1 to 65535.") from cause
         if not _HOST_RE.match(parts.hostname):
             raise ValidationError("The environment URL's host name is not valid, e.g. contoso.crm4.dynamics.com.")
         if parts.username or parts.password or parts.query or parts.path.strip("/") not in ("", "api/data/v9.2"):

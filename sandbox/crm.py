@@ -511,7 +511,9 @@ def check_lengths(ent: s.EntityDef, attrs: dict[str, Any]) -> None:
     """Refuse a text longer than its attribute's MaxLength, in the words of the server's validation error."""
     for name, value in attrs.items():
         limit = s.max_length(ent.name, name)
-        if isinstance(value, str) and limit is not None and len(value) > limit:
+        # .NET and SQL Server count UTF-16 code units: a character beyond the BMP counts twice.
+        units = len(value.encode("utf-16-le", "surrogatepass")) // 2 if isinstance(value, str) else 0
+        if limit is not None and units > limit:
             raise CrmFault(
                 E_INVALID_ARGUMENT,
                 f"A validation error occurred. The length of the '{name}' attribute of the '{ent.name}' entity "

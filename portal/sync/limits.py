@@ -46,15 +46,33 @@ def limits_for(entity: str, known: dict[str, dict[str, int]]) -> dict[str, int]:
     return known.get(entity) or DEFAULT_MAX_LENGTHS.get(entity, {})
 
 
+def crm_length(value: str) -> int:
+    """A text's length as the CRM counts it: in UTF-16 code units (.NET strings, SQL Server nvarchar).
+
+    A character beyond the Basic Multilingual Plane (an emoji, many CJK extension characters) counts twice.
+    """
+    return len(value.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def cut_to(value: str, limit: int) -> str:
+    """The longest start of a text that is at most ``limit`` UTF-16 units, never splitting a character."""
+    units = 0
+    for index, char in enumerate(value):
+        units += 2 if ord(char) > 0xFFFF else 1
+        if units > limit:
+            return value[:index]
+    return value
+
+
 def fit(entity: str, attributes: dict[str, Any], limits: dict[str, int], *, cut: bool) -> tuple[dict, list[TooLong]]:
     """The attributes checked against the limits: (attributes, what is too long).
 
     With ``cut`` a value too long is cut to the limit (and still reported, for the run's log).
     """
-    too_long = [TooLong(entity, name, len(value), limits[name]) for name, value in attributes.items()
-                if isinstance(value, str) and name in limits and len(value) > limits[name]]
+    too_long = [TooLong(entity, name, crm_length(value), limits[name]) for name, value in attributes.items()
+                if isinstance(value, str) and name in limits and crm_length(value) > limits[name]]
     if cut and too_long:
         attributes = dict(attributes)
         for item in too_long:
-            attributes[item.attribute] = attributes[item.attribute][:item.limit]
+            attributes[item.attribute] = cut_to(attributes[item.attribute], item.limit)
     return attributes, too_long

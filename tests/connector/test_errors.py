@@ -74,3 +74,16 @@ def test_codes_are_unique() -> None:
     assert {"invalid_url", "blocked_url", "unreachable", "tls", "timeout", "auth_failed", "claims_auth",
             "not_dynamics", "privilege", "lead_source_missing", "server_busy", "server_error", "fault",
             "not_found", "duplicate"} <= set(codes)
+
+
+def test_a_plugin_refusal_asking_to_try_again_is_final_not_transient() -> None:
+    from portal.connectors.dynamics.errors import FaultError, TransientItemError, error_from_fault
+
+    refused = error_from_fault(-2147220891, "Credit check failed: please try again later.")  # 0x80040265
+    assert isinstance(refused, FaultError) and not isinstance(refused, TransientItemError)
+
+
+def test_a_sql_timeout_is_transient_by_its_code_in_any_language() -> None:
+    from portal.connectors.dynamics.errors import TransientItemError, error_from_fault
+
+    assert isinstance(error_from_fault(-2147204783, "Zeitlimit abgelaufen."), TransientItemError)  # 0x80044151

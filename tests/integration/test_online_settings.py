@@ -129,7 +129,8 @@ def test_wrong_secret_is_explained_and_stays_off(app, client, auth, connected):
 
 def test_junk_in_online_fields_is_a_clear_4xx_and_nothing_is_stored(app, client, auth, connected):
     iid, crm = connected["integration_id"], connected["crm"]
-    junk = ["https://a\x00b.example", "https://exa mple.com", "https://host:99999", "https://[::1", "https://\ufffd.example",
+    junk = ["https://a\x00b.example", "https://exa mple.com", "https://host:99999", "https://host:0", "https://[::1",
+            "https://\ufffd.example",
             "https://" + "a" * 600, "javascript:alert(1)"]
     for value in junk:
         resp = post_connection(client, auth, iid, {**online_fields(crm), "environment_url": value})

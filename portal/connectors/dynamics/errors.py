@@ -257,6 +257,11 @@ class PrivilegeError(FaultError):
 _PRIVILEGE_RE = re.compile(r"\bprv[A-Za-z0-9_]+")
 
 
+# Faults that say the sign-in itself was refused: BadAuthTicket 0x8004A102, TamperedAuthTicket 0x8004A105,
+# SystemUserDisabled 0x8004A112, AccessTokenExpired 0x8005F101.
+SIGN_IN_FAULTS = frozenset({ERROR_BAD_AUTH_TICKET, -2147180283, -2147180270, -2147094271})
+ERROR_SQL_TIMEOUT = -2147204783  # 0x80044151 SqlTimeout: the database did not answer in time
+ERROR_PLUGIN_ABORTED = -2147220891  # 0x80040265 a plug-in refused the operation (IsvAborted)
 # SQL Server's command timeout and deadlock-victim messages, and the CRM's generic "try again later".
 _TRANSIENT_RE = re.compile(
     r"(?i)timeout expired|deadlocked on lock resources|rerun the transaction|try again later|"
@@ -278,7 +283,7 @@ def error_from_fault(
     """Map an OrganizationServiceFault (ErrorCode, Message, raw text, ErrorDetails) to the right error class."""
     text = message or "The CRM refused the request."
     detail = raw or None
-    if error_code == ERROR_BAD_AUTH_TICKET:
+    if error_code in SIGN_IN_FAULTS:
         return AuthFailedError(
             f"The CRM refused the sign-in ticket (BadAuthTicket): {text}",
             action="Check the CRM user's password and that the account is enabled; then test the connection.",
@@ -303,6 +308,8 @@ def error_from_fault(
         size = int(found.group(1)) if found else None
     if size is not None or "MaxBatchSize" in (message or ""):
         return BatchTooLargeError(text, max_batch_size=size, detail=detail)
-    if _TRANSIENT_RE.search(message or ""):
+    if error_code == ERROR_SQL_TIMEOUT or (
+            error_code != ERROR_PLUGIN_ABORTED and _TRANSIENT_RE.search(message or "")):
+        # A plug-in's refusal (business logic) is final, whatever its text says about trying again.
         return TransientItemError(text, error_code=error_code, detail=detail)
     return FaultError(text, error_code=error_code, detail=detail)
