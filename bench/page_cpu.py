@@ -5,7 +5,8 @@
 The same stack, data and pages as bench/pages.py (PostgreSQL, 1,000 runs / 1,000 partners, the bare page of
 bench/bare.py), requested one after another through the Flask test client; the process's CPU time (user +
 system) over N requests divided by N, and its ratio to the bare page's. ``--profile LABEL`` (a part of a page's
-label, e.g. ``Edit``) prints the cProfile of that page's requests, sorted by cumulative time.
+label, e.g. ``Edit``) prints the cProfile of that page's requests, sorted by cumulative time
+(``--sort tottime`` for own time).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per page")
     parser.add_argument("--rows", type=int, default=1000, help="sync runs, and partners of the supplier")
     parser.add_argument("--profile", default="", help="profile the page whose label contains this")
+    parser.add_argument("--sort", default="cumulative", help="the profile's order (cumulative, tottime…)")
     args = parser.parse_args()
     with stack() as st:
         ids = seed(st, args.rows)
@@ -52,7 +54,7 @@ def main() -> None:
                 profiler.disable()
             results.append((label, (time.process_time() - cpu) * 1000 / args.requests))
             if profiler:
-                pstats.Stats(profiler).sort_stats("cumulative").print_stats(45)
+                pstats.Stats(profiler).sort_stats(args.sort).print_stats(45)
     bare = next(ms for label, ms in results if label == BARE)
     print(f"{'page':<24} {'CPU ms/req':>10}  {'x bare':>6}  <= {MAX_RATIO}")
     for label, ms in results:
