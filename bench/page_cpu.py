@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import stack  # noqa: E402
-from bench.pages import (  # noqa: E402
-    BARE, MAX_RATIO, PARTNER_ADMIN, SUPPLIER_ADMIN, _test_login, pages_for, seed)
+from bench.pages import BARE, MAX_RATIO, PARTNER_ADMIN, SUPPLIER_ADMIN, _test_login, pages_for, seed  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +35,6 @@ def main() -> None:
     with stack() as st:
         ids = seed(st, args.rows)
         import bench.bare  # noqa: F401 - adds /bench/bare to wsgi.app
-
         from wsgi import app
         clients = {email: _test_login(app, email) for email in (PARTNER_ADMIN, SUPPLIER_ADMIN)}
         results = []
