@@ -9,6 +9,7 @@ from datetime import datetime
 
 from flask import current_app
 from sqlalchemy import func, select
+from sqlalchemy.orm import defer
 
 from .extensions import db
 from .models import CrmIntegration, utcnow
@@ -59,7 +60,9 @@ def running_run(integration_id: int) -> SyncRun | None:
 
 def runs_page(integration_id: int, before: int | None = None) -> tuple[list[SyncRun], int | None]:
     """One page of an integration's runs, newest first, in one query; and the id to ask for older runs, if any."""
-    query = select(SyncRun).where(SyncRun.integration_id == integration_id)
+    # The list shows no steps: each run's steps (kilobytes of JSON) stay in the database, and reading one raises.
+    query = select(SyncRun).options(defer(SyncRun.steps_json, raiseload=True)).where(
+        SyncRun.integration_id == integration_id)
     if before is not None:
         query = query.where(SyncRun.id < before)
     rows = list(db.session.scalars(query.order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1)))

@@ -75,3 +75,9 @@ def test_partners_are_paged_and_filtered_by_state(app, factory, auth, client):
     assert second.count("data-partner=") == 5 and "Previous 100" in second and "Next 100" not in second
     on_only = client.get("/settings/partners?state=on").text
     assert on_only.count("data-partner=") == 11 and 'data-state="Off"' not in on_only
+    # The counts come with the page's rows; a page with no rows still counts every state.
+    assert "All: 105" in second and "On: 11" in second and "Off: 94" in second and "Error: 0" in second
+    for empty in ("/settings/partners?state=error", "/settings/partners?page=3"):
+        page = client.get(empty).text
+        assert page.count("data-partner=") == 0 and "All: 105" in page and "On: 11" in page and "Off: 94" in page
+        assert "No partner is in this state." in page
