@@ -67,26 +67,26 @@ def event_note(event: Any, label: str, entity: str, crm_id: str, platform: str) 
     })
 
 
-def event_of_note(subject: str) -> int | None:
-    """The event id a note's subject refers to, or None."""
-    start = subject.rfind("[ref:E")
+def _reference(subject: str, tag: str) -> int | None:
+    """The id in a note subject's closing ``[ref:<tag><id>]``, or None."""
+    marker = f"[ref:{tag}"
+    start = subject.rfind(marker)
     if start < 0 or not subject.endswith("]"):
         return None
     try:
-        return int(subject[start + 6:-1])
+        return int(subject[start + len(marker):-1])
     except ValueError:
         return None
+
+
+def event_of_note(subject: str) -> int | None:
+    """The event id a note's subject refers to, or None."""
+    return _reference(subject, "E")
 
 
 def custom_note_lead(subject: str) -> int | None:
     """The lead id a custom-fields note's subject refers to, or None."""
-    start = subject.rfind("[ref:C")
-    if start < 0 or not subject.endswith("]"):
-        return None
-    try:
-        return int(subject[start + 6:-1])
-    except ValueError:
-        return None
+    return _reference(subject, "C")
 
 
 def custom_fields_note(lead_id: int, fields: dict, entity: str, crm_id: str, platform: str) -> CreateRequest:
