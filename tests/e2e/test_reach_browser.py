@@ -133,6 +133,8 @@ def test_focus_goes_to_what_changed_after_each_update(page: Page, stack: LiveSta
     switch.focus()
     page.keyboard.press("Enter")  # refused: the test did not pass; the row is swapped with the refusal
     expect(row(page, stack).locator("[data-refusal]")).to_be_visible()
+    # Focus is restored once htmx has settled the swapped row, a moment after the refusal shows.
+    expect(row(page, stack).get_by_role("switch")).to_be_focused()
     focused = page.evaluate(FOCUSED)
     assert focused["role"] == "switch" and focused["connected"], focused
 
