@@ -14,7 +14,13 @@ import msal
 import requests
 
 from .errors import AuthFailedError, DynamicsError, InvalidUrlError
-from .transport import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_USER_AGENT, GuardedAdapter, map_request_exception
+from .transport import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_USER_AGENT,
+    GuardedAdapter,
+    RedactingFilter,
+    map_request_exception,
+)
 from .urlguard import Endpoint, IPNetwork, check_url
 
 log = logging.getLogger("portal.connectors.dynamics")
@@ -30,25 +36,10 @@ def redact_oauth(text: str) -> str:
     return _OAUTH_SECRET_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
 
 
-class OAuthRedactingFilter(logging.Filter):
-    """A logging filter that keeps OAuth secrets and tokens out of every record passing through it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite the record's message with secrets removed."""
-        try:
-            message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a broken format string must not stop logging
-            return True
-        cleaned = redact_oauth(message)
-        if cleaned != message:
-            record.msg, record.args = cleaned, None
-        return True
-
-
 # MSAL and urllib3 log at DEBUG what they send; a record made on a logger only meets that logger's filters.
 for _name in ("portal.connectors.dynamics", "msal", "msal.application", "msal.authority", "msal.oauth2cli",
               "msal.token_cache", "urllib3.connectionpool"):
-    logging.getLogger(_name).addFilter(OAuthRedactingFilter())
+    logging.getLogger(_name).addFilter(RedactingFilter(redact_oauth))
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 WEBAPI_PATH = "/api/data/v9.2/"

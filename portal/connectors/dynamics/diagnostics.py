@@ -46,6 +46,22 @@ READ_ENTITIES = (
 )
 
 
+def check_read_access(service: Any, who: str, action: str | None = None) -> str:
+    """Read one record of each entity the sync uses; a missing privilege says which entity and ``who`` lacks it."""
+    counts = []
+    for entity, key in READ_ENTITIES:
+        try:
+            page = service.retrieve_multiple(fetch_xml(entity, [key], page_size=1))
+        except PrivilegeError as exc:
+            raise PrivilegeError(
+                f"The {who} cannot read {entity} records: {exc.message}",
+                privilege=exc.privilege, error_code=exc.error_code, detail=exc.detail,
+                action=action or exc.action,
+            ) from exc
+        counts.append(f"{entity} ok" if page.entities else f"{entity} ok (none yet)")
+    return ", ".join(counts)
+
+
 @dataclass
 class Step:
     """One step of the connection test."""
@@ -235,23 +251,7 @@ def test_connection(
         result.version = version
         done("Version", True, f"{version} ({version_name(version)})")
 
-        def read_access() -> str:
-            counts = []
-            for entity, key in READ_ENTITIES:
-                try:
-                    page = service.retrieve_multiple(fetch_xml(entity, [key], page_size=1))
-                except PrivilegeError as exc:
-                    raise PrivilegeError(
-                        f"The CRM user cannot read {entity} records: {exc.message}",
-                        privilege=exc.privilege,
-                        error_code=exc.error_code,
-                        action=exc.action,
-                        detail=exc.detail,
-                    ) from exc
-                counts.append(f"{entity} ok" if page.entities else f"{entity} ok (none yet)")
-            return ", ".join(counts)
-
-        done("Read access", True, run("Read access", read_access))
+        done("Read access", True, run("Read access", lambda: check_read_access(service, "CRM user")))
 
         def lead_source() -> int:
             options = service.retrieve_option_set("lead", "leadsourcecode")

@@ -8,9 +8,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .auth import OnlineConfig, TokenProvider
-from .diagnostics import READ_ENTITIES, ConnectionTestResult, Step, _tcp_connect, _tls_handshake
-from .errors import DynamicsError, InvalidUrlError, LeadSourceMissingError, PrivilegeError
-from .soap import fetch_xml, find_option_value
+from .diagnostics import ConnectionTestResult, Step, _tcp_connect, _tls_handshake, check_read_access
+from .errors import DynamicsError, InvalidUrlError, LeadSourceMissingError
+from .soap import find_option_value
 from .urlguard import CheckedUrl, check_url
 from .webapi import BearerTransport, WebApiService
 
@@ -95,22 +95,10 @@ def test_online_connection(
         result.version = version
         done("Version", True, f"{version} (Dynamics 365 online)")
 
-        def read_access() -> str:
-            counts = []
-            for entity, key in READ_ENTITIES:
-                try:
-                    page = service.retrieve_multiple(fetch_xml(entity, [key], page_size=1))
-                except PrivilegeError as exc:
-                    raise PrivilegeError(
-                        f"The application user cannot read {entity} records: {exc.message}",
-                        privilege=exc.privilege, error_code=exc.error_code, detail=exc.detail,
-                        action="Give the application user a security role that can read leads, contacts, "
-                               "marketing lists, campaigns and opportunities (for example Sales Manager).",
-                    ) from exc
-                counts.append(f"{entity} ok" if page.entities else f"{entity} ok (none yet)")
-            return ", ".join(counts)
-
-        done("Read access", True, run("Read access", read_access))
+        read_action = ("Give the application user a security role that can read leads, contacts, marketing lists, "
+                       "campaigns and opportunities (for example Sales Manager).")
+        done("Read access", True, run("Read access", lambda: check_read_access(service, "application user",
+                                                                                 read_action)))
 
         def lead_source() -> int:
             value = find_option_value(service.retrieve_option_set("lead", "leadsourcecode"), platform_name)

@@ -250,6 +250,22 @@ def set_fetch_paging(fetchxml: str, page: int, count: int | None, cookie: str | 
     return etree.tostring(root, encoding="unicode")
 
 
+def iter_fetch(service: Any, fetch: str | Callable[[], str], page_size: int = 5000) -> Iterator[Entity]:
+    """Every record of a FetchXML query through a service's ``retrieve_multiple``, one page in memory at a time.
+
+    Paging cookies are followed; without a cookie the server still pages by number alone.
+    """
+    template = fetch() if callable(fetch) else fetch
+    page, cookie = 1, None
+    while True:
+        result = service.retrieve_multiple(set_fetch_paging(template, page, page_size, cookie))
+        yield from result.entities
+        if not result.more_records or not result.entities:
+            return
+        cookie = result.paging_cookie
+        page += 1
+
+
 # ---------------------------------------------------------------- envelopes
 
 
@@ -508,17 +524,8 @@ class OrganizationService:
         return parse_entity_page(result)
 
     def iter_fetch(self, fetch: str | Callable[[], str], page_size: int = 5000) -> Iterator[Entity]:
-        """Yield every record of a FetchXML query, one page in memory at a time, following paging cookies."""
-        template = fetch() if callable(fetch) else fetch
-        page, cookie = 1, None
-        while True:
-            result = self.retrieve_multiple(set_fetch_paging(template, page, page_size, cookie))
-            yield from result.entities
-            if not result.more_records or not result.entities:
-                return
-            # Without a cookie the server still pages by number alone.
-            cookie = result.paging_cookie
-            page += 1
+        """Yield every record of a FetchXML query (see ``iter_fetch``)."""
+        return iter_fetch(self, fetch, page_size)
 
     def create(self, entity: str, attributes: Mapping[str, Any]) -> str:
         """Create a record and return its id."""

@@ -9,7 +9,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -117,7 +117,11 @@ def redact(text: str) -> str:
 
 
 class RedactingFilter(logging.Filter):
-    """A logging filter that redacts secrets from every record passing through it."""
+    """A logging filter that passes every record's message through a redact function (``redact`` by default)."""
+
+    def __init__(self, redact_fn: Callable[[str], str] | None = None) -> None:
+        super().__init__()
+        self.redact_fn = redact_fn or redact
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record's message with secrets removed."""
@@ -125,7 +129,7 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken format string must not stop logging
             return True
-        cleaned = redact(message)
+        cleaned = self.redact_fn(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
         return True

@@ -35,7 +35,15 @@ from .errors import (
     error_from_fault,
 )
 from .odata import _signed_code, odata_literal
-from .soap import BatchItemResult, BatchRequest, CreateRequest, SetStateRequest, UpdateRequest, WhoAmI, set_fetch_paging
+from .soap import (
+    BatchItemResult,
+    BatchRequest,
+    CreateRequest,
+    SetStateRequest,
+    UpdateRequest,
+    WhoAmI,
+    iter_fetch,
+)
 from .soap import find_option_value as _find_option_value
 from .transport import GuardedAdapter, HttpResponse, Transport
 from .xml import Entity, EntityPage, EntityReference, Label, Money, OptionMetadata, OptionSetValue, parse_xml
@@ -541,16 +549,8 @@ class WebApiService:
                           bool(body.get("@Microsoft.Dynamics.CRM.morerecords")), cookie)
 
     def iter_fetch(self, fetch: str | Callable[[], str], page_size: int = 5000) -> Iterator[Entity]:
-        """Every record of a FetchXML query, one page in memory at a time, following paging cookies."""
-        template = fetch() if callable(fetch) else fetch
-        page, cookie = 1, None
-        while True:
-            result = self.retrieve_multiple(set_fetch_paging(template, page, page_size, cookie))
-            yield from result.entities
-            if not result.more_records or not result.entities:
-                return
-            cookie = result.paging_cookie
-            page += 1
+        """Every record of a FetchXML query (see ``soap.iter_fetch``)."""
+        return iter_fetch(self, fetch, page_size)
 
     def create(self, entity: str, attributes: Mapping[str, Any]) -> str:
         """Create a record and return its id."""
