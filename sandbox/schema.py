@@ -427,6 +427,34 @@ def _entity_defs() -> dict[str, EntityDef]:
 
 
 ENTITIES: dict[str, EntityDef] = _entity_defs()
+
+# What notes and activities may be regarding among the sandbox's entities.
+REGARDING_TARGETS = ("account", "contact", "lead", "opportunity", "campaign")
+CUSTOMER_TARGETS = ("account", "contact")
+
+
+def navigation_properties(ent: EntityDef) -> dict[str, tuple[str, frozenset[str]]]:
+    """The single-valued navigation properties of an entity, as Dataverse's metadata names them.
+
+    Each maps to (lookup attribute, entities it may point at). A polymorphic lookup has one navigation property per
+    target: ``objectid_lead`` on a note, ``regardingobjectid_lead_task`` on a task (the activity's name is part of
+    it), ``customerid_account``; the owner is one property, ``ownerid``, bound to a user or a team.
+    """
+    out: dict[str, tuple[str, frozenset[str]]] = {}
+    for attr, kind in ent.attributes.items():
+        if kind != LOOKUP:
+            continue
+        if attr == "regardingobjectid":
+            out.update({f"regardingobjectid_{t}_{ent.name}": (attr, frozenset({t})) for t in REGARDING_TARGETS})
+        elif attr == "objectid":
+            out.update({f"objectid_{t}": (attr, frozenset({t})) for t in REGARDING_TARGETS})
+        elif attr in ("customerid", "parentcustomerid"):
+            out.update({f"{attr}_{t}": (attr, frozenset({t})) for t in CUSTOMER_TARGETS})
+        elif attr == "ownerid":
+            out[attr] = (attr, frozenset({"systemuser", "team"}))
+        elif attr in ent.lookup_targets:
+            out[attr] = (attr, frozenset({ent.lookup_targets[attr]}))
+    return out
 # Activities stored as their own entity but readable through activitypointer.
 ACTIVITY_ENTITIES = ("task", "phonecall")
 # Entities whose full name is derived from first and last name.

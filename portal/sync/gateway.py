@@ -12,7 +12,7 @@ from ..connection import config_for
 from ..connectors.dynamics import OrganizationService, ServerBusyError, Transport
 from ..connectors.dynamics.batch import BATCH_SIZE, TRANSIENT, BatchWriter
 from ..connectors.dynamics.factory import open_service
-from ..connectors.dynamics.soap import BatchItemResult, fetch_xml
+from ..connectors.dynamics.soap import BatchItemResult, fetch_in
 from ..connectors.dynamics.webapi import WebApiService
 from ..models import CrmIntegration
 from ..platform_models import normalize_email
@@ -174,11 +174,11 @@ class CrmGateway:
 
     def fetch_in(self, entity: str, columns: list[str], field: str, values: Sequence, *,
                  order: str | None = None, extra: list | None = None) -> Iterator:
-        """Records whose ``field`` is one of ``values``, asked for in chunks of ``LOOKUP_CHUNK``."""
+        """Records whose ``field`` is one of ``values``: at most ``LOOKUP_CHUNK`` values a query, fewer when the
+        connection carries queries in URLs of limited length (the Web API)."""
         step = 1 if self.one_per_record and field == "emailaddress1" else LOOKUP_CHUNK
-        for i in range(0, len(values), step):
-            query = fetch_xml(entity, columns, [(field, "in", list(values[i:i + step])), *(extra or [])],
-                              order=[order or f"{entity}id"])
+        for query in fetch_in(entity, columns, field, values, fits=self.service().fetch_fits, max_values=step,
+                              conditions=extra or (), order=[order or f"{entity}id"]):
             yield from self.fetch(query)
 
     def find_by_email(self, entity: str, emails: Sequence[str]) -> dict[str, str]:

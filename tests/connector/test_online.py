@@ -8,6 +8,7 @@ import ipaddress
 import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import quote
 
 import pytest
 
@@ -23,9 +24,17 @@ from portal.connectors.dynamics.auth import (
 )
 from portal.connectors.dynamics.errors import BlockedUrlError
 from portal.connectors.dynamics.factory import open_service, run_connection_test
-from portal.connectors.dynamics.soap import CreateRequest, SetStateRequest, UpdateRequest, fetch_xml
+from portal.connectors.dynamics.soap import (
+    CreateRequest,
+    SetStateRequest,
+    UpdateRequest,
+    fetch_in,
+    fetch_xml,
+    set_fetch_paging,
+)
 from portal.connectors.dynamics.webapi import (
     BatchPart,
+    QueryTooLongError,
     Throttle,
     ThrottledError,
     parse_batch,
@@ -33,7 +42,7 @@ from portal.connectors.dynamics.webapi import (
     parse_retry_after,
     record_body,
 )
-from portal.connectors.dynamics.xml import EntityReference, Money, OptionSetValue
+from portal.connectors.dynamics.xml import EntityReference, Money, OptionSetValue, parse_xml
 from sandbox.testing import SandboxServer
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -193,11 +202,58 @@ def test_long_queries_go_in_a_batch_body(sb) -> None:  # noqa: ANN001
     with transport:
         email = f"long{uuid.uuid4().hex}@x.example"
         new_id = service.create("lead", {"lastname": "Long", "emailaddress1": email})
-        emails = [f"nobody{i}-{'x' * 30}@x.example" for i in range(1000)] + [email]
+        # About 40,000 characters: too long for a URL on its own, not for one inside a $batch.
+        emails = [f"nobody{i}-{'x' * 30}@x.example" for i in range(500)] + [email]
         before = sb.stats()["requests"].get("webapi9:$batch", 0)
         found = [e.id for e in service.iter_fetch(fetch_xml("lead", ["leadid"], [("emailaddress1", "in", emails)]))]
         assert found == [new_id]
         assert sb.stats()["requests"]["webapi9:$batch"] == before + 1
+
+
+def test_long_in_lookups_are_split_by_url_length(sb) -> None:  # noqa: ANN001
+    service, transport = open_service(config(sb))
+    with transport:
+        email = f"split{uuid.uuid4().hex}@x.example"
+        new_id = service.create("lead", {"lastname": "Split", "emailaddress1": email})
+        # 1,000 of these make a URL of about 95,000 characters: over the 65,536 allowed even inside a $batch.
+        emails = [f"nobody{i}-{'x' * 40}@x.example" for i in range(2500)] + [email]
+        queries = list(fetch_in("lead", ["leadid"], "emailaddress1", emails, fits=service.fetch_fits))
+        assert 3 <= len(queries) <= 6  # split by length, not one query per value
+        for query in queries:
+            cookie = f"<cookie page='1'><leadid last='{{{uuid.uuid4()}}}' first='{{{uuid.uuid4()}}}'/></cookie>"
+            paged = set_fetch_paging(query, 2, 5000, cookie)
+            assert len(f"{service.base}leads?fetchXml={quote(paged, safe='')}") <= 65_536
+        values = [v.text for q in queries for v in parse_xml(q).iter("value")]
+        assert values == emails  # every value asked for once, in order
+        pages = service.pages
+        assert [e.id for q in queries for e in service.iter_fetch(q)] == [new_id]
+        assert service.pages == pages + len(queries)
+
+
+def test_a_query_too_long_even_for_a_batch_is_not_sent(sb) -> None:  # noqa: ANN001
+    service, transport = open_service(config(sb))
+    with transport:
+        emails = [f"nobody{i}-{'x' * 40}@x.example" for i in range(1000)]
+        before = sb.stats()["requests"].get("webapi9:$batch", 0)
+        with pytest.raises(QueryTooLongError) as caught:
+            service.retrieve_multiple(fetch_xml("lead", ["leadid"], [("emailaddress1", "in", emails)]))
+        assert "65,536" in caught.value.message
+        assert sb.stats()["requests"].get("webapi9:$batch", 0) == before
+
+
+def test_activities_and_owners_bind_through_their_real_navigation_properties(sb) -> None:  # noqa: ANN001
+    service, transport = open_service(config(sb))
+    with transport:
+        me = service.who_am_i()
+        lead_id = service.create("lead", {"lastname": "Regarding"})
+        task_id = service.create("task", {"subject": "Call back", "regardingobjectid": EntityReference(lead_id, "lead"),
+                                          "ownerid": EntityReference(me.user_id, "systemuser")})
+        [result] = service.execute_multiple([CreateRequest("phonecall", {
+            "subject": "Called", "regardingobjectid": EntityReference(lead_id, "lead")})])
+        assert result.ok, result.error
+        task = service.retrieve("task", task_id, ["regardingobjectid", "ownerid"])
+        assert task.attributes["regardingobjectid"].id == lead_id
+        assert task.attributes["ownerid"].id == me.user_id
 
 
 def test_batch_outside_change_sets_keeps_going_after_a_bad_record(sb) -> None:  # noqa: ANN001
@@ -315,6 +371,15 @@ def test_record_body_binds_lookups_and_converts_values() -> None:
     body = record_body("annotation", {"subject": "s", "objectid": EntityReference(lead.upper(), "lead"),
                                       "objecttypecode": "lead"})
     assert body == {"subject": "s", "objectid_lead@odata.bind": f"/leads({lead})"}
+    user, team = str(uuid.uuid4()), str(uuid.uuid4())
+    assert record_body("task", {"regardingobjectid": EntityReference(lead, "lead"),
+                                "ownerid": EntityReference(user, "systemuser")}) == {
+        "regardingobjectid_lead_task@odata.bind": f"/leads({lead})", "ownerid@odata.bind": f"/systemusers({user})"}
+    assert record_body("phonecall", {"regardingobjectid": EntityReference(lead, "lead")}) == {
+        "regardingobjectid_lead_phonecall@odata.bind": f"/leads({lead})"}
+    assert record_body("lead", {"ownerid": EntityReference(team, "team")}) == {"ownerid@odata.bind": f"/teams({team})"}
+    assert record_body("opportunity", {"customerid": EntityReference(lead, "account")}) == {
+        "customerid_account@odata.bind": f"/accounts({lead})"}
     body = record_body("campaign", {"typecode": OptionSetValue(3), "budgetedcost": Money(__import__("decimal")
                                     .Decimal("12.50")), "proposedstart": dt.date(2026, 1, 2)})
     assert body == {"typecode": 3, "budgetedcost": 12.5, "proposedstart": "2026-01-02T00:00:00Z"}

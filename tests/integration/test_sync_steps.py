@@ -7,6 +7,7 @@ from sqlalchemy import select
 
 from portal import sync
 from portal.extensions import db
+from portal.models import CrmIntegration
 from portal.platform_models import (
     Acceptance,
     Campaign,
@@ -18,6 +19,7 @@ from portal.platform_models import (
     Opportunity,
     normalize_email,
 )
+from portal.sync.gateway import CrmGateway
 
 from .sync_helpers import (
     PLATFORM_OPTION,
@@ -48,6 +50,20 @@ def seeded(request, app, connected):
 
 def crm_lead_emails(crm) -> set[str]:
     return {normalize_email(r["emailaddress1"]) for r in crm.records("lead", limit=1000) if r.get("emailaddress1")}
+
+
+def test_email_look_ups_fit_the_connection_however_long_the_addresses(app, seeded):
+    crm, iid = seeded["crm"], seeded["integration_id"]
+    known = normalize_email(next(r for r in crm.records("lead", limit=100) if r.get("emailaddress1"))["emailaddress1"])
+    # A thousand of these in one FetchXML make a Web API URL over the 65,536 characters allowed in a $batch.
+    emails = [f"nobody{i}-{'x' * 40}@x.example" for i in range(2500)] + [known]
+    with app.app_context():
+        gateway = CrmGateway(db.session.get(CrmIntegration, iid), 1)
+        try:
+            found = gateway.find_by_email("lead", emails)
+        finally:
+            gateway.close()
+    assert set(found) == {known}
 
 
 # -------------------------------------------------------------------------------- S7 pull_records

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -111,3 +112,65 @@ def test_batch_limit_url_limit_and_429(sandbox, online) -> None:  # noqa: ANN001
     limited = session.get(_api(sandbox, "WhoAmI"), headers={"Authorization": f"Bearer {bearer}"}, timeout=10)
     assert limited.status_code == 429 and limited.headers["Retry-After"] == "7"
     assert limited.json()["error"]["code"] == "0x80072322"
+
+
+def _get(url: str) -> str:
+    return ("Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+            f"GET {url} HTTP/1.1\r\nAccept: application/json\r\n")
+
+
+def _in_query(url_length: int, sandbox: SandboxServer) -> str:
+    """A leads?fetchXml= URL (path only) whose absolute form is exactly url_length characters long."""
+    head = "/api/data/v9.2/leads?fetchXml="
+    fetch = "<fetch><entity name='lead'><attribute name='leadid'/><filter><condition attribute='lastname' " \
+            "operator='in'><value>{}</value></condition></filter></entity></fetch>"
+    fixed = len(sandbox.environment_url) + len(head) + len(quote(fetch.format(""), safe=""))
+    return head + quote(fetch.format("v" * (url_length - fixed)), safe="")
+
+
+def test_batch_part_urls_are_limited_to_64_kb(sandbox, online) -> None:  # noqa: ANN001
+    session, token = online
+    bearer = token().json()["access_token"]
+    tag = uuid.uuid4().hex[:8]
+    # A GET of 40,000 characters is too long on its own but fine inside a $batch.
+    direct = session.get(sandbox.environment_url + _in_query(40_000, sandbox),
+                         headers={"Authorization": f"Bearer {bearer}"}, timeout=20)
+    assert direct.status_code == 414
+    at_limit = _batch(session, sandbox, bearer, [_get(_in_query(65_536, sandbox))])
+    assert at_limit.status_code == 200 and "HTTP/1.1 200" in at_limit.text
+    over = _batch(session, sandbox, bearer, [_create(f"Over{tag}"), _get(_in_query(65_537, sandbox))],
+                  prefer="odata.continue-on-error")
+    assert over.status_code == 400 and "65,536" in over.json()["error"]["message"]
+    assert sandbox.records("lead", lastname=f"Over{tag}") == []  # nothing in a refused batch runs
+
+
+def _post(session, sandbox, bearer: str, entity_set: str, body: dict) -> requests.Response:  # noqa: ANN001
+    return session.post(_api(sandbox, entity_set), json=body, timeout=10,
+                        headers={"Authorization": f"Bearer {bearer}", "Accept": "application/json"})
+
+
+def test_bind_names_are_the_navigation_properties_of_the_real_metadata(sandbox, online) -> None:  # noqa: ANN001
+    session, token = online
+    bearer = token().json()["access_token"]
+    lead = _post(session, sandbox, bearer, "leads", {"lastname": "Bind target"})
+    lead_id = lead.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")")
+    me = session.get(_api(sandbox, "WhoAmI"), headers={"Authorization": f"Bearer {bearer}"}, timeout=10).json()
+    lead_url, user_url = f"/leads({lead_id})", f"/systemusers({me['UserId']})"
+    good = [("tasks", {"subject": "t", "regardingobjectid_lead_task@odata.bind": lead_url,
+                       "ownerid@odata.bind": user_url}),
+            ("phonecalls", {"subject": "p", "regardingobjectid_lead_phonecall@odata.bind": lead_url}),
+            ("annotations", {"subject": "n", "objectid_lead@odata.bind": lead_url}),
+            ("leads", {"lastname": "Owned", "ownerid@odata.bind": user_url})]
+    for entity_set, body in good:
+        assert _post(session, sandbox, bearer, entity_set, body).status_code == 204, (entity_set, body)
+    undeclared = [("tasks", "regardingobjectid_lead", lead_url), ("tasks", "regardingobjectid", lead_url),
+                  ("tasks", "regardingobjectid_lead_phonecall", lead_url), ("leads", "ownerid_systemuser", user_url),
+                  ("annotations", "objectid_lead_annotation", lead_url), ("annotations", "objectid", lead_url)]
+    for entity_set, nav, url in undeclared:
+        refused = _post(session, sandbox, bearer, entity_set, {"subject": "x", f"{nav}@odata.bind": url})
+        assert refused.status_code == 400, (entity_set, nav)
+        error = refused.json()["error"]
+        assert error["code"] == "0x80060888" and f"An undeclared property '{nav}' which only has property " \
+            "annotations in the payload" in error["message"], (entity_set, nav)
+    wrong_target = _post(session, sandbox, bearer, "tasks", {"regardingobjectid_contact_task@odata.bind": lead_url})
+    assert wrong_target.status_code == 400

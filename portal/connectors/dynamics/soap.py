@@ -235,6 +235,45 @@ def fetch_xml(
     return etree.tostring(fetch, encoding="unicode")
 
 
+def fetch_in(
+    entity: str,
+    attributes: Iterable[str],
+    field: str,
+    values: Sequence[Any],
+    *,
+    fits: Callable[[str], bool] | None = None,
+    max_values: int = 1000,
+    conditions: Iterable[Sequence[Any]] = (),
+    order: Iterable[str | tuple[str, bool]] = (),
+) -> Iterator[str]:
+    """FetchXML queries for the records whose ``field`` is one of ``values``, every value in exactly one query.
+
+    Each query holds at most ``max_values`` values, and as many as ``fits`` accepts: the Web API carries a query in
+    its URL, whose length is limited, so values are split by the length of the query, not by their number.
+    """
+    extra, order = list(conditions), list(order)
+
+    def build(chunk: Sequence[Any]) -> str:
+        return fetch_xml(entity, attributes, [(field, "in", list(chunk)), *extra], order=order)
+
+    start = 0
+    while start < len(values):
+        size = min(max(1, max_values), len(values) - start)
+        query = build(values[start:start + size])
+        if fits is not None and size > 1 and not fits(query):
+            # The largest number of values that fits; a single value too long is sent alone, to be refused.
+            low, high, size, query = 1, size - 1, 1, build(values[start:start + 1])
+            while low <= high:
+                mid = (low + high) // 2
+                candidate = build(values[start:start + mid])
+                if fits(candidate):
+                    size, query, low = mid, candidate, mid + 1
+                else:
+                    high = mid - 1
+        yield query
+        start += size
+
+
 def set_fetch_paging(fetchxml: str, page: int, count: int | None, cookie: str | None) -> str:
     """Return the FetchXML with page, count and paging-cookie set on <fetch> (the cookie escaped by lxml)."""
     root = parse_xml(fetchxml)
@@ -522,6 +561,10 @@ class OrganizationService:
         if result is None:
             raise NotDynamicsError("The RetrieveMultiple response has no RetrieveMultipleResult.")
         return parse_entity_page(result)
+
+    def fetch_fits(self, fetchxml: str) -> bool:
+        """Any FetchXML fits: the Organization Service takes it in a POST body."""
+        return True
 
     def iter_fetch(self, fetch: str | Callable[[], str], page_size: int = 5000) -> Iterator[Entity]:
         """Yield every record of a FetchXML query (see ``iter_fetch``)."""

@@ -58,7 +58,11 @@ SERVICE_PROTECTION_CODES = {ERROR_REQUEST_COUNT, ERROR_EXECUTION_TIME, ERROR_CON
 # 0x80072560: the token is valid, but no (enabled) application user exists for the app in this environment.
 ERROR_NOT_MEMBER = -2147015328  # 0x80072560
 
-MAX_URL_LENGTH = 32 * 1024  # longer GET URLs are refused by the service: they go in a $batch body instead
+# Documented limits of a URL: 32,768 characters on its own, 65,536 for a request inside a $batch body. A longer
+# query goes in a $batch; one too long for that is split (``soap.fetch_in``) before it is sent.
+MAX_URL_LENGTH = 32 * 1024
+MAX_BATCH_URL_LENGTH = 64 * 1024
+PAGING_ROOM = 2048  # what page, count and the paging cookie of a later page may add to a query's URL
 MAX_THROTTLE_WAITS = 8  # 429s met by one request before it is handed back as Server Busy
 MAX_RETRY_AFTER = 300.0
 
@@ -67,11 +71,13 @@ ENTITY_SETS = {
     "lead": "leads", "contact": "contacts", "annotation": "annotations", "campaign": "campaigns",
     "list": "lists", "listmember": "listmembers", "opportunity": "opportunities",
     "activitypointer": "activitypointers", "task": "tasks", "phonecall": "phonecalls",
-    "systemuser": "systemusers", "account": "accounts",
+    "systemuser": "systemusers", "team": "teams", "account": "accounts",
 }
 PRIMARY_IDS = {"activitypointer": "activityid", "task": "activityid", "phonecall": "activityid"}
-# Lookups that may point at several entities: their navigation property carries the target's name.
-POLYMORPHIC = {"objectid", "regardingobjectid", "customerid", "parentcustomerid", "ownerid"}
+# Lookups that may point at several entities have one navigation property per target: objectid_lead on a note,
+# customerid_account. An activity's regarding property names the activity too (regardingobjectid_lead_task); the
+# owner is a single property, ownerid, that binds to systemusers or teams.
+POLYMORPHIC = {"objectid", "customerid", "parentcustomerid"}
 # Written by the binding of objectid itself on the Web API.
 DERIVED_ON_WRITE = {("annotation", "objecttypecode")}
 
@@ -92,6 +98,14 @@ class ThrottledError(ServerBusyError):
     def __init__(self, message: str | None = None, *, retry_after: float = 0.0, **kw: Any) -> None:
         self.retry_after = retry_after
         super().__init__(message, **kw)
+
+
+class QueryTooLongError(FaultError):
+    """A FetchXML query whose URL would be longer than the Web API takes even inside a $batch."""
+
+    code = "query_too_long"
+    default_message = "The query is too long for the Dynamics 365 Web API (over 65,536 characters in its URL)."
+    default_action = "Nothing to change in the settings: this is a fault in the portal; report it to support."
 
 
 def parse_retry_after(value: str | None, default: float = 5.0) -> float:
@@ -244,7 +258,11 @@ class BearerTransport(Transport):
 def _write_value(entity: str, name: str, value: Any) -> tuple[str, Any]:
     """One attribute as the Web API takes it: (property name, JSON value)."""
     if isinstance(value, EntityReference):
-        nav = f"{name}_{value.logical_name}" if name in POLYMORPHIC else name
+        nav = name
+        if name == "regardingobjectid":
+            nav = f"{name}_{value.logical_name}_{entity}"
+        elif name in POLYMORPHIC:
+            nav = f"{name}_{value.logical_name}"
         return f"{nav}@odata.bind", f"/{entity_set(value.logical_name)}({value.id.strip('{}').lower()})"
     if isinstance(value, OptionSetValue):
         return name, value.value
@@ -532,10 +550,13 @@ class WebApiService:
         if ent is None or not ent.get("name"):
             raise ValueError("FetchXML needs an <entity name=...>")
         entity = ent.get("name") or ""
-        path = f"{self.entity_set(entity)}?fetchXml={quote(fetchxml, safe='')}"
+        path = self._fetch_path(entity, fetchxml)
         prefer = {"Prefer": 'odata.include-annotations="*"'}
+        length = len(self.base) + len(path)
+        if length > MAX_BATCH_URL_LENGTH:
+            raise QueryTooLongError(detail=f"{length} characters")
         self.pages += 1
-        if len(self.base) + len(path) <= MAX_URL_LENGTH:
+        if length <= MAX_URL_LENGTH:
             body = self._json("GET", path, headers=prefer)
         else:
             part = self._batch([("GET", path, None)])[0]
@@ -547,6 +568,17 @@ class WebApiService:
         cookie, _ = _cookie_from_annotation(str(body.get("@Microsoft.Dynamics.CRM.fetchxmlpagingcookie") or ""))
         return EntityPage([parse_record(entity, r) for r in body["value"]], entity,
                           bool(body.get("@Microsoft.Dynamics.CRM.morerecords")), cookie)
+
+    def _fetch_path(self, entity: str, fetchxml: str) -> str:
+        return f"{self.entity_set(entity)}?fetchXml={quote(fetchxml, safe='')}"
+
+    def fetch_fits(self, fetchxml: str) -> bool:
+        """Whether a query's URL stays within the $batch limit, with room left for the paging of later pages."""
+        entity = parse_xml(fetchxml).find("entity")
+        name = entity.get("name") if entity is not None else None
+        if not name:
+            raise ValueError("FetchXML needs an <entity name=...>")
+        return len(self.base) + len(self._fetch_path(name, fetchxml)) + PAGING_ROOM <= MAX_BATCH_URL_LENGTH
 
     def iter_fetch(self, fetch: str | Callable[[], str], page_size: int = 5000) -> Iterator[Entity]:
         """Every record of a FetchXML query (see ``soap.iter_fetch``)."""
