@@ -6,6 +6,7 @@ from flask import current_app
 
 from .connectors.dynamics import ConnectionConfig, parse_allowed_endpoints, parse_allowed_networks
 from .connectors.dynamics.auth import DEFAULT_AUTHORITY_HOST, OnlineConfig
+from .crm_tokens import shared_token_cache
 from .crypto import decrypt
 from .models import CrmIntegration
 
@@ -64,6 +65,7 @@ def online_config(*, environment_url: str, tenant_id: str, client_id: str, clien
         ca_bundle=current_app.config.get("CRM_CA_BUNDLE") or None,
         allowed_networks=_allowed_networks(), allowed_endpoints=_allowed_endpoints(),
         max_parallel=max(1, int(current_app.config.get("SYNC_PARALLEL_BATCHES", 2))), cache_key=cache_key,
+        token_cache=shared_token_cache(),
     )
 
 

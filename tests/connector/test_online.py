@@ -8,6 +8,7 @@ import ipaddress
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import quote
 
 import pytest
@@ -18,6 +19,7 @@ from portal.connectors.dynamics.auth import (
     CertificateError,
     ClientIdError,
     ClientSecretError,
+    MemoryTokenCache,
     OnlineConfig,
     TenantNotFoundError,
     TokenProvider,
@@ -162,6 +164,49 @@ def test_tokens_are_cached_and_renewed_before_expiry(sb) -> None:  # noqa: ANN00
         service.who_am_i()
         assert sb.stats()["tokens_issued"] == before + 3
         assert sb.stats()["bearer_401"] == 0
+
+
+def test_workers_share_one_token_and_a_changed_secret_never_gets_the_old_one(sb) -> None:  # noqa: ANN001
+    shared = MemoryTokenCache()
+    cfg = config(sb, token_cache=shared)
+    before = sb.stats()["tokens_issued"]
+    # Eight workers at once, each with its own MSAL application: one asks Entra, the others take its token.
+    workers = [TokenProvider(cfg) for _ in range(8)]
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            tokens = set(pool.map(lambda p: p.token(), workers))
+        assert len(tokens) == 1
+        assert sb.stats()["tokens_issued"] == before + 1
+        # The administrator replaces the secret: the new one gets its own token at once.
+        sb.register_app(sb.client_id, tenant_id=sb.tenant_id, client_secret="Rotated-Secret-2")
+        rotated = dataclasses.replace(cfg, client_secret="Rotated-Secret-2")
+        assert rotated.fingerprint() != cfg.fingerprint()
+        refused = sb.stats()["bearer_401"]
+        service, transport = open_service(rotated)
+        with transport:
+            assert service.who_am_i().user_id
+            assert transport.provider.token() not in tokens
+        assert sb.stats()["bearer_401"] == refused  # no stale token was tried
+        assert sb.stats()["tokens_issued"] == before + 2
+    finally:
+        for provider in workers:
+            provider.close()
+
+
+def test_the_process_cache_drops_the_least_recently_used_and_what_expires() -> None:
+    cache = MemoryTokenCache(size=2)
+    later = time.time() + 3600
+    cache.put("a", "token-a", later)
+    cache.put("b", "token-b", later)
+    assert cache.get("a") == ("token-a", later)  # "a" is now the most recently used
+    cache.put("c", "token-c", later)
+    assert cache.get("b") is None and cache.get("a") and cache.get("c")
+    cache.put("soon", "token-soon", time.time() + 60)  # expires within the refresh margin: not kept
+    assert cache.get("soon") is None
+    cache.drop("a", "another-token")
+    assert cache.get("a")
+    cache.drop("a", "token-a")
+    assert cache.get("a") is None
 
 
 def test_a_refused_token_is_replaced_and_the_request_goes_again(sb) -> None:  # noqa: ANN001

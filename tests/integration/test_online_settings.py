@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from rq import SimpleWorker
 from sqlalchemy import select
 
 from portal import queues
+from portal.connection import config_for
+from portal.connectors.dynamics.auth import TokenProvider
+from portal.crypto import fernet
 from portal.extensions import db
 from portal.models import AuditLog, BackgroundJob, CrmIntegration
+
+from .sync_helpers import use_online
 
 SECRET = "Online-Secret-Value-9f3"
 
@@ -154,3 +160,29 @@ def test_control_characters_are_refused_in_on_premises_fields_too(app, client, a
         assert "control character" in resp.text
     after = row(app, iid)
     assert (after.org_url, after.username, after.domain) == (before.org_url, before.username, before.domain)
+
+
+def test_workers_share_the_token_through_redis_encrypted_and_expiring_first(app, connected):
+    use_online(app, connected)
+    crm, iid = connected["crm"], connected["integration_id"]
+    with app.app_context():
+        integ = db.session.get(CrmIntegration, iid)
+        first, second = TokenProvider(config_for(integ)), TokenProvider(config_for(integ))  # two workers
+        key = "portal:crm-token:" + config_for(integ).fingerprint()
+        conn = queues.redis()
+        conn.delete(key)
+        before = crm.stats()["tokens_issued"]
+        try:
+            token = first.token()
+            assert second.token() == token
+        finally:
+            first.close()
+            second.close()
+        assert crm.stats()["tokens_issued"] == before + 1
+        raw = conn.get(key)
+        # Only the token and its expiry, encrypted with the portal's keys: neither the token nor the secret in clear.
+        assert token.encode() not in raw and crm.client_secret.encode() not in raw
+        assert json.loads(fernet().decrypt(raw)).keys() == {"token", "expires_at"}
+        assert crm.client_secret not in key and crm.client_id not in key
+        assert 0 < conn.ttl(key) <= 3600 - 300  # gone before the token expires
+        conn.delete(key)

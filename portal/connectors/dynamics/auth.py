@@ -6,8 +6,11 @@ import hashlib
 import logging
 import re
 import threading
+import time
+from collections import OrderedDict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import msal
@@ -42,6 +45,72 @@ for _name in ("portal.connectors.dynamics", "msal", "msal.application", "msal.au
     logging.getLogger(_name).addFilter(RedactingFilter(redact_oauth))
 
 DEFAULT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+# A token is used until this many seconds before its expiry, then a new one is asked for (as MSAL does).
+REFRESH_MARGIN = 300.0
+
+
+class TokenCache(Protocol):
+    """Where access tokens are kept between requests, runs and workers: the token and its expiry, nothing else."""
+
+    def get(self, key: str) -> tuple[str, float] | None:
+        """The access token and its expiry (epoch seconds) kept under key, or None."""
+
+    def put(self, key: str, token: str, expires_at: float) -> None:
+        """Keep a token until REFRESH_MARGIN before its expiry (a token that short-lived is not kept)."""
+
+    def drop(self, key: str, token: str) -> None:
+        """Forget the token under key if it is still this one (the service refused it)."""
+
+    def lock(self, key: str) -> AbstractContextManager[object]:
+        """Held while one caller asks Microsoft Entra ID for a token, so the others wait and take it."""
+
+
+class MemoryTokenCache:
+    """Tokens of this process only, the least recently used dropped first beyond ``size`` integrations."""
+
+    def __init__(self, size: int = 500) -> None:
+        self.size = size
+        self._tokens: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[str, float] | None:
+        """The token kept under key while it is fresh."""
+        with self._lock:
+            found = self._tokens.get(key)
+            if found is None:
+                return None
+            if found[1] - REFRESH_MARGIN <= time.time():
+                del self._tokens[key]
+                return None
+            self._tokens.move_to_end(key)
+            return found
+
+    def put(self, key: str, token: str, expires_at: float) -> None:
+        """Keep a token while it is fresh."""
+        if expires_at - REFRESH_MARGIN <= time.time():
+            return
+        with self._lock:
+            self._tokens[key] = (token, expires_at)
+            self._tokens.move_to_end(key)
+            while len(self._tokens) > self.size:
+                self._tokens.popitem(last=False)
+
+    def drop(self, key: str, token: str) -> None:
+        """Forget a refused token."""
+        with self._lock:
+            if self._tokens.get(key, ("",))[0] == token:
+                del self._tokens[key]
+
+    def lock(self, key: str) -> AbstractContextManager[object]:
+        """A lock per key within this process."""
+        with self._lock:
+            if len(self._locks) > self.size:
+                self._locks = {k: v for k, v in self._locks.items() if k in self._tokens}
+            return self._locks.setdefault(key, threading.Lock())
+
+
+PROCESS_TOKENS = MemoryTokenCache()
 WEBAPI_PATH = "/api/data/v9.2/"
 
 
@@ -65,6 +134,8 @@ class OnlineConfig:
     user_agent: str = DEFAULT_USER_AGENT
     max_parallel: int = 2
     cache_key: str = ""
+    # Where tokens are shared (by every worker: the portal gives a Redis one); None is this process alone.
+    token_cache: TokenCache | None = field(default=None, repr=False, compare=False)
     # As on-premises: every exchange ends within total_timeout; a $batch's deadline grows with its size.
     total_timeout: float = 180.0
     batch_base_seconds: float = 60.0
@@ -101,8 +172,12 @@ class OnlineConfig:
         return self.root + "/.default"
 
     def fingerprint(self) -> str:
-        """A digest of everything that makes a token: a change gives a new token cache."""
-        parts = [self.authority, self.client_id, self.client_secret, self.certificate_pem, self.scope, self.cache_key]
+        """The key of this integration's tokens: tenant, client id, authority, scope and a hash of the credential.
+
+        A changed secret or certificate gives a new key, so a token got with the old one is never served again.
+        """
+        credential = hashlib.sha256(f"{self.client_secret}\x1f{self.certificate_pem}".encode()).hexdigest()
+        parts = [self.tenant_id.strip(), self.client_id.strip(), self.authority, self.scope, self.cache_key, credential]
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
@@ -258,13 +333,16 @@ def _certificate_credential(pem: str) -> dict[str, str]:
 
 
 class TokenProvider:
-    """Bearer tokens for one integration: MSAL caches them and asks for a new one before the old expires."""
+    """Bearer tokens for one integration: MSAL gets them; the token cache shares them until shortly before expiry."""
 
-    def __init__(self, config: OnlineConfig) -> None:
+    def __init__(self, config: OnlineConfig, cache: TokenCache | None = None) -> None:
         self.config = config
+        self.cache: TokenCache = cache or config.token_cache or PROCESS_TOKENS
+        self.key = config.fingerprint()
         self._lock = threading.Lock()
         self._app: msal.ConfidentialClientApplication | None = None
         self._http = _GuardedHttpClient(config)
+        self._last = ""
         self.tokens_issued = 0
 
     @property
@@ -311,7 +389,18 @@ class TokenProvider:
         return self._app
 
     def token(self) -> str:
-        """A valid access token: from the cache, or a new one when the cached one expires within minutes."""
+        """A valid access token: the shared one, or a new one when none is left or it expires within minutes."""
+        cached = self.cache.get(self.key)
+        if cached is None:
+            # One caller (of every worker sharing the cache) asks Entra; the others wait, then take its token.
+            with self.cache.lock(self.key):
+                cached = self.cache.get(self.key)
+                if cached is None:
+                    cached = self._acquire()
+        self._last = cached[0]
+        return cached[0]
+
+    def _acquire(self) -> tuple[str, float]:
         with self._lock:
             app = self._application()
             answer = app.acquire_token_for_client(scopes=[self.config.scope])
@@ -319,10 +408,17 @@ class TokenProvider:
             raise error_from_token_answer(answer)
         if answer.get("token_source") == "identity_provider":
             self.tokens_issued += 1
-        return str(answer["access_token"])
+        token = str(answer["access_token"])
+        try:
+            expires_at = time.time() + float(answer.get("expires_in") or 0)
+        except (TypeError, ValueError):
+            expires_at = time.time()
+        self.cache.put(self.key, token, expires_at)
+        return token, expires_at
 
     def invalidate(self) -> None:
-        """Forget cached tokens (the service refused one before its expiry)."""
+        """Forget the token the service refused before its expiry, here and in the shared cache."""
+        self.cache.drop(self.key, self._last)
         with self._lock:
             if self._app is not None:
                 self._app.remove_tokens_for_client()
@@ -332,18 +428,18 @@ class TokenProvider:
         self._http.close()
 
 
-_PROVIDERS: dict[str, TokenProvider] = {}
+_PROVIDERS: OrderedDict[str, TokenProvider] = OrderedDict()
 _PROVIDERS_LOCK = threading.Lock()
 
 
 def provider_for(config: OnlineConfig) -> TokenProvider:
-    """The token provider of an integration, kept across runs in this process so its token is reused."""
+    """The token provider of an integration, kept in this process (the least recently used closed beyond 500)."""
     key = config.fingerprint()
     with _PROVIDERS_LOCK:
         provider = _PROVIDERS.get(key)
-        if provider is None:
-            if len(_PROVIDERS) > 500:  # many integrations: drop the oldest rather than grow without end
-                oldest = next(iter(_PROVIDERS))
-                _PROVIDERS.pop(oldest).close()
+        if provider is None or provider.cache is not (config.token_cache or PROCESS_TOKENS):
             provider = _PROVIDERS[key] = TokenProvider(config)
+        _PROVIDERS.move_to_end(key)
+        while len(_PROVIDERS) > 500:
+            _PROVIDERS.popitem(last=False)[1].close()
         return provider

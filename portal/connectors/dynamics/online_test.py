@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from .auth import OnlineConfig, TokenProvider
+from .auth import MemoryTokenCache, OnlineConfig, TokenProvider
 from .diagnostics import ConnectionTestResult, Step, _tcp_connect, _tls_handshake, check_read_access
 from .errors import DynamicsError, InvalidUrlError, LeadSourceMissingError
 from .soap import find_option_value
@@ -51,8 +51,8 @@ def test_online_connection(
             log.exception("Unexpected error in connection test step %s", name)
             fail(name, DynamicsError(f"Unexpected error: {type(exc).__name__}.", detail=str(exc)[:500]))
 
-    # A provider of its own: the test must really ask Entra, not reuse a token from before a settings change.
-    provider = TokenProvider(config)
+    # A provider and a cache of its own: the test must really ask Entra, not reuse a token got earlier.
+    provider = TokenProvider(config, cache=MemoryTokenCache(size=1))
     transport: BearerTransport | None = None
     try:
         def url_check() -> CheckedUrl:
