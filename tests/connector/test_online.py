@@ -430,6 +430,23 @@ def test_record_body_binds_lookups_and_converts_values() -> None:
     assert body == {"typecode": 3, "budgetedcost": 12.5, "proposedstart": "2026-01-02T00:00:00Z"}
 
 
+def test_batch_body_is_the_documented_format_outside_change_sets() -> None:
+    lead = str(uuid.uuid4())
+    body = webapi.batch_body("batch_t", "/api/data/v9.2/", [
+        ("POST", "leads", {"lastname": "A"}), ("PATCH", f"leads({lead})", {"firstname": "B"}),
+        ("GET", "leads?fetchXml=%3Cfetch%2F%3E", None)]).decode()
+    parts = body.split("--batch_t")
+    assert parts[0] == "" and parts[-1] == "--\r\n" and len(parts) == 5
+    heads = [p.split("\r\n\r\n", 1)[0].strip("\r\n") for p in parts[1:4]]
+    # Content-ID belongs to change sets (for $n references); outside one, a part has these two headers only.
+    assert heads == ["Content-Type: application/http\r\nContent-Transfer-Encoding: binary"] * 3
+    assert "Content-ID" not in body
+    assert "\r\n\r\nPOST /api/data/v9.2/leads HTTP/1.1\r\nContent-Type: application/json; type=entry\r\n\r\n" \
+           '{"lastname":"A"}' in parts[1]
+    assert f"PATCH /api/data/v9.2/leads({lead}) HTTP/1.1\r\nIf-Match: *\r\n" in parts[2]
+    assert 'Accept: application/json\r\nPrefer: odata.include-annotations="*"' in parts[3]
+
+
 def test_parse_batch_flattens_change_sets() -> None:
     body = (b"--b1\r\nContent-Type: multipart/mixed; boundary=c1\r\n\r\n"
             b"--c1\r\nContent-Type: application/http\r\n\r\nHTTP/1.1 204 No Content\r\n"

@@ -351,11 +351,15 @@ def _cookie_from_annotation(annotation: str) -> tuple[str | None, int | None]:
 
 
 def batch_body(boundary: str, base_path: str, operations: Sequence[tuple[str, str, dict[str, Any] | None]]) -> bytes:
-    """A multipart/mixed $batch body of independent operations (no change set), each with a Content-ID."""
+    """A multipart/mixed $batch body of independent operations, outside any change set.
+
+    As documented, a part outside a change set has no Content-ID (that header names a change-set operation for
+    ``$n`` references); the answers come back in the order of the operations.
+    """
     lines: list[str] = []
-    for index, (method, path, body) in enumerate(operations, start=1):
+    for method, path, body in operations:
         lines += [f"--{boundary}", "Content-Type: application/http", "Content-Transfer-Encoding: binary",
-                  f"Content-ID: {index}", "", f"{method} {base_path}{path} HTTP/1.1"]
+                  "", f"{method} {base_path}{path} HTTP/1.1"]
         if method == "PATCH":
             lines.append("If-Match: *")  # an update never creates a record that was deleted meanwhile
         if body is not None:
