@@ -242,13 +242,18 @@ def test_paging_reads_lookups_and_formatted_values(sb) -> None:  # noqa: ANN001
         assert lead.attributes["statecode"] == 0 and lead.formatted_values["statecode"] == "Open"
 
 
+def _needle(service, count: int, padding: int) -> tuple[str, list[str]]:  # noqa: ANN001
+    """A new lead, and count addresses of no lead (padded to make long queries) followed by its address."""
+    email = f"needle{uuid.uuid4().hex}@x.example"
+    new_id = service.create("lead", {"lastname": "Needle", "emailaddress1": email})
+    return new_id, [f"nobody{i}-{'x' * padding}@x.example" for i in range(count)] + [email]
+
+
 def test_long_queries_go_in_a_batch_body(sb) -> None:  # noqa: ANN001
     service, transport = open_service(config(sb))
     with transport:
-        email = f"long{uuid.uuid4().hex}@x.example"
-        new_id = service.create("lead", {"lastname": "Long", "emailaddress1": email})
         # About 40,000 characters: too long for a URL on its own, not for one inside a $batch.
-        emails = [f"nobody{i}-{'x' * 30}@x.example" for i in range(500)] + [email]
+        new_id, emails = _needle(service, 500, 30)
         before = sb.stats()["requests"].get("webapi9:$batch", 0)
         found = [e.id for e in service.iter_fetch(fetch_xml("lead", ["leadid"], [("emailaddress1", "in", emails)]))]
         assert found == [new_id]
@@ -258,10 +263,8 @@ def test_long_queries_go_in_a_batch_body(sb) -> None:  # noqa: ANN001
 def test_long_in_lookups_are_split_by_url_length(sb) -> None:  # noqa: ANN001
     service, transport = open_service(config(sb))
     with transport:
-        email = f"split{uuid.uuid4().hex}@x.example"
-        new_id = service.create("lead", {"lastname": "Split", "emailaddress1": email})
         # 1,000 of these make a URL of about 95,000 characters: over the 65,536 allowed even inside a $batch.
-        emails = [f"nobody{i}-{'x' * 40}@x.example" for i in range(2500)] + [email]
+        new_id, emails = _needle(service, 2500, 40)
         queries = list(fetch_in("lead", ["leadid"], "emailaddress1", emails, fits=service.fetch_fits))
         assert 3 <= len(queries) <= 6  # split by length, not one query per value
         for query in queries:
