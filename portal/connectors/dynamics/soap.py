@@ -256,22 +256,16 @@ def fetch_in(
     def build(chunk: Sequence[Any]) -> str:
         return fetch_xml(entity, attributes, [(field, "in", list(chunk)), *extra], order=order)
 
-    start = 0
+    start, last = 0, max(1, max_values)
     while start < len(values):
-        size = min(max(1, max_values), len(values) - start)
+        # Start a little above the size that fitted last (values of a look-up are much alike), then step down.
+        size = min(max(1, max_values), len(values) - start, last + last // 16 + 1)
         query = build(values[start:start + size])
-        if fits is not None and size > 1 and not fits(query):
-            # The largest number of values that fits; a single value too long is sent alone, to be refused.
-            low, high, size, query = 1, size - 1, 1, build(values[start:start + 1])
-            while low <= high:
-                mid = (low + high) // 2
-                candidate = build(values[start:start + mid])
-                if fits(candidate):
-                    size, query, low = mid, candidate, mid + 1
-                else:
-                    high = mid - 1
+        while fits is not None and size > 1 and not fits(query):
+            size = min(size - 1, size * 15 // 16)  # a single value too long is sent alone, to be refused
+            query = build(values[start:start + size])
         yield query
-        start += size
+        start, last = start + size, size
 
 
 def set_fetch_paging(fetchxml: str, page: int, count: int | None, cookie: str | None) -> str:
