@@ -433,6 +433,25 @@ def test_record_body_binds_lookups_and_converts_values() -> None:
     assert body == {"typecode": 3, "budgetedcost": 12.5, "proposedstart": "2026-01-02T00:00:00Z"}
 
 
+def test_fetch_in_puts_every_value_in_one_query_as_large_as_fits() -> None:
+    values = [f"v{i}-" + "x" * (i % 7) * 10 for i in range(300)] + ["y" * 5000] + ["z1", "z2"]
+    asked: list[int] = []
+
+    def fits(query: str) -> bool:
+        asked.append(len(query))
+        return len(query) <= 4000
+
+    queries = list(fetch_in("lead", ["leadid"], "emailaddress1", values, fits=fits, max_values=50,
+                            conditions=[("statecode", "eq", 0)], order=["leadid"]))
+    chunks = [[v.text for v in parse_xml(q).iter("value")] for q in queries]
+    assert [v for chunk in chunks for v in chunk] == values
+    assert all(len(q) <= 4000 or chunk == ["y" * 5000] for q, chunk in zip(queries, chunks, strict=True))
+    assert max(len(c) for c in chunks) <= 50 and ["y" * 5000] in chunks  # alone, to be refused by the service
+    assert all('attribute="statecode"' in q and 'order attribute="leadid"' in q for q in queries)
+    assert len(asked) < 3 * len(queries)  # a few tries a query, not a search over every size
+    assert len(list(fetch_in("lead", ["leadid"], "emailaddress1", values, max_values=1000))) == 1
+
+
 def test_batch_body_is_the_documented_format_outside_change_sets() -> None:
     lead = str(uuid.uuid4())
     body = webapi.batch_body("batch_t", "/api/data/v9.2/", [
