@@ -383,3 +383,15 @@ def test_member_gets_the_administrative_permission_page(page: Page, stack: LiveS
     response = page.goto(f"/settings/crm/{stack.integration_id}/edit")
     assert response is not None and response.status == 403
     screenshot(page, "10-member-permission-required")
+
+
+def test_saving_a_section_without_changes_says_nothing_was_saved(page: Page, stack: LiveStack):
+    open_edit(page, stack)
+    general = page.locator("#general")
+    general.get_by_label("Supplier").select_option(label="Demo Supplier")
+    general.get_by_role("button", name="Save General Settings").click()
+    expect(page.locator("#general [data-saved=general]")).to_have_text("Saved.")
+    page.locator("#general").get_by_role("button", name="Save General Settings").click()
+    expect(page.locator("#flash")).to_contain_text("General Settings: nothing changed.")
+    expect(page.locator("#general [data-saved=general]")).to_have_text("Nothing to save: no changes.")
+    expect(page.locator("#general [data-saved=general]")).to_be_focused()
