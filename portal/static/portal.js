@@ -22,15 +22,27 @@
     return messages;
   }
 
-  // After a swap the focused element may be gone; focus then goes to what changed.
+  // What had focus when the last request started: a button disabled while its request runs drops focus.
+  let focusedBefore = null;
+
+  function survivor() {
+    if (!focusedBefore) return null;
+    const same = focusedBefore.id ? document.getElementById(focusedBefore.id) : null;
+    const el = same || (focusedBefore.el.isConnected ? focusedBefore.el : null);
+    return el && !el.disabled && !el.closest("[hidden], [inert]") ? el : null;
+  }
+
+  // After a swap the focused element may be gone: focus goes back to it when it survived (the same element or
+  // id), else to what changed. The first invalid field comes first, then a connection test's heading.
   function restoreFocus() {
     const marked = document.querySelectorAll("[data-focus]");
     const active = document.activeElement;
     const lost = !active || active === document.body || !active.isConnected;
-    // The first invalid field comes first, then a connection test's heading, then whatever else changed.
-    const target = document.querySelector("[data-focus][aria-invalid=true]")
-      || document.querySelector("#test-status [data-focus]") || marked[0];
-    if (lost && target) target.focus({preventScroll: false});
+    if (lost) {
+      const target = document.querySelector("[data-focus][aria-invalid=true]") || survivor()
+        || document.querySelector("#test-status [data-focus]") || marked[0];
+      if (target) target.focus({preventScroll: false});
+    }
     marked.forEach(function (el) { el.removeAttribute("data-focus"); });
   }
 
@@ -54,6 +66,23 @@
     document.querySelectorAll("[data-focus]").forEach(function (el) { el.removeAttribute("data-focus"); });
   });
 
+  document.addEventListener("htmx:beforeRequest", function () {
+    const active = document.activeElement;
+    focusedBefore = active && active !== document.body ? {el: active, id: active.id} : null;
+  });
+
+  // A field validated as it is typed and again when it is left asks once per value (data-validate-once):
+  // a second answer would replace the feedback, and a button in it, under the keyboard user's focus.
+  document.addEventListener("htmx:confirm", function (event) {
+    const elt = event.detail.elt;
+    if (!elt.matches || !elt.matches("[data-validate-once]")) return;
+    if (elt.getAttribute("data-validated") === elt.value) {
+      event.preventDefault();
+      return;
+    }
+    elt.setAttribute("data-validated", elt.value);
+  });
+
   document.addEventListener("htmx:afterSettle", function (event) {
     // A section answered 422 still holds edits that are not saved.
     const xhr = event.detail.xhr;
@@ -69,6 +98,13 @@
   });
   document.addEventListener("change", function (event) {
     if (event.target.closest("form")) markDirty(event.target.closest(".settings-section"), true);
+    // A contact list's switch names what the chosen CRM list holds (CRM Leads or CRM Contacts).
+    const list = event.target.closest("select[data-names-members]");
+    if (list) {
+      const label = document.querySelector('label[for="' + list.getAttribute("data-names-members") + '"]');
+      const members = list.selectedOptions[0] && list.selectedOptions[0].getAttribute("data-members");
+      if (label && members) label.lastChild.textContent = " Keep list in sync with CRM " + members;
+    }
   });
 
   // Saving one section refreshes others out of band; a section with unsaved edits keeps them.

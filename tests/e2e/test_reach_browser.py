@@ -337,7 +337,8 @@ def test_connection_test_polls_leave_focus_alone(page: Page, stack: LiveStack):
     focusins = page.evaluate("() => window.__focusins")
     # Once, when the test starts (the button that started it is replaced); never again while polling.
     assert [f for f in focusins if f["inStatus"]] == [{"tag": "h3", "inStatus": True}], focusins
-    assert page.evaluate("() => document.getElementById('test-status').__original === true"), "#test-status was replaced"
+    kept = page.evaluate("() => document.getElementById('test-status').__original === true")
+    assert kept, "#test-status was replaced while the test ran"
 
 
 def save_and_test_by_keyboard(page: Page) -> dict:
@@ -399,7 +400,8 @@ def test_a_swapped_banner_is_not_announced_again(page: Page, stack: LiveStack):
 # What a keyboard user lands on: every focused element is on screen, inside the window's width, and shows a ring.
 FOCUS_SEEN = """() => {
   const el = document.activeElement, box = el.getBoundingClientRect(), style = getComputedStyle(el);
-  return {tag: el.tagName.toLowerCase(), name: (el.getAttribute("aria-label") || el.textContent || el.id || "").trim().slice(0, 40),
+  const name = (el.getAttribute("aria-label") || el.textContent || el.id || "").trim().slice(0, 40);
+  return {tag: el.tagName.toLowerCase(), name,
           left: box.left, right: box.right, width: box.width, height: box.height,
           ring: style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2
                 || style.boxShadow !== "none"};
