@@ -22,24 +22,25 @@
     return messages;
   }
 
-  // What had focus when the last request started: a button disabled while its request runs drops focus.
-  let focusedBefore = null;
+  // What had focus when each request started (a button disabled while its request runs drops focus), kept per
+  // request: a poll that starts meanwhile must not make the answer to a click forget where the user was.
+  const focusedBefore = new WeakMap();
 
-  function survivor() {
-    if (!focusedBefore) return null;
-    const same = focusedBefore.id ? document.getElementById(focusedBefore.id) : null;
-    const el = same || (focusedBefore.el.isConnected ? focusedBefore.el : null);
+  function survivor(before) {
+    if (!before) return null;
+    const same = before.id ? document.getElementById(before.id) : null;
+    const el = same || (before.el.isConnected ? before.el : null);
     return el && !el.disabled && !el.closest("[hidden], [inert]") ? el : null;
   }
 
   // After a swap the focused element may be gone: focus goes back to it when it survived (the same element or
   // id), else to what changed. The first invalid field comes first, then a connection test's heading.
-  function restoreFocus() {
+  function restoreFocus(before) {
     const marked = document.querySelectorAll("[data-focus]");
     const active = document.activeElement;
     const lost = !active || active === document.body || !active.isConnected;
     if (lost) {
-      const target = document.querySelector("[data-focus][aria-invalid=true]") || survivor()
+      const target = document.querySelector("[data-focus][aria-invalid=true]") || survivor(before)
         || document.querySelector("#test-status [data-focus]") || marked[0];
       if (target) target.focus({preventScroll: false});
     }
@@ -66,9 +67,11 @@
     document.querySelectorAll("[data-focus]").forEach(function (el) { el.removeAttribute("data-focus"); });
   });
 
-  document.addEventListener("htmx:beforeRequest", function () {
+  document.addEventListener("htmx:beforeRequest", function (event) {
     const active = document.activeElement;
-    focusedBefore = active && active !== document.body ? {el: active, id: active.id} : null;
+    if (event.detail.xhr && active && active !== document.body) {
+      focusedBefore.set(event.detail.xhr, {el: active, id: active.id});
+    }
   });
 
   // A field validated as it is typed and again when it is left asks once per value (data-validate-once):
@@ -88,7 +91,7 @@
     const xhr = event.detail.xhr;
     const target = event.detail.target;
     if (xhr && xhr.status === 422 && target && target.id) markDirty(document.getElementById(target.id), true);
-    restoreFocus();
+    restoreFocus(xhr ? focusedBefore.get(xhr) : null);
     announce(newMessages());
   });
   document.addEventListener("htmx:afterRequest", function () { submitting = null; });
