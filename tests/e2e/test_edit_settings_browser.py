@@ -227,7 +227,7 @@ def test_authentication_failure_raises_the_listing_banner(page: Page, stack: Liv
 
     page.get_by_role("navigation", name="breadcrumb").get_by_role("link", name="CRM Settings").click()
     dynamics = row(page, stack)
-    banner = dynamics.get_by_role("alert")
+    banner = dynamics.locator(".banner")
     expect(banner).to_have_attribute("data-code", "auth_failed")
     expect(banner).to_contain_text("The CRM rejected the user name or password.")
     expect(banner).to_contain_text("What to do: Check the user name, password and Windows domain.")

@@ -145,7 +145,7 @@ def test_an_error_says_when_it_happened_and_that_a_sync_raised_it(page: Page, st
     expect(dynamics.locator("[data-state]")).to_have_text("Error")
     expect(dynamics.locator("td").nth(1)).to_contain_text("Passed")
     expect(dynamics.locator("[data-sync-error]")).to_contain_text("but a sync failed")
-    banner = dynamics.get_by_role("alert")
+    banner = dynamics.locator(".banner")
     expect(banner.locator("[data-error-source]")).to_have_text(
         re.compile(r"^A sync failed on \d{4}-\d\d-\d\d \d\d:\d\d UTC, after the connection test had passed:$"))
     banner.get_by_role("link", name="Open Edit Settings to fix it").click()
