@@ -9,6 +9,7 @@ from flask import Flask, render_template, request
 from . import assets, cli, queues
 from .config import load_config
 from .extensions import csrf, db, login_manager, migrate
+from .wording import counted
 
 
 def create_app(overrides: dict | None = None) -> Flask:
@@ -49,6 +50,7 @@ def create_app(overrides: dict | None = None) -> Flask:
     _error_pages(app)
     _security_headers(app)
     app.jinja_env.globals["platform_name"] = app.config["PLATFORM_NAME"]
+    app.jinja_env.filters["counted"] = counted
     return app
 
 

@@ -373,4 +373,5 @@ class ContactListForm(FlaskForm):
                               validators=[DataRequired(message="Choose one of your CRM's marketing lists.")])
     name = StringField("Contact list name", validators=[DataRequired(message="Name the contact list."),
                                                         Length(max=200), _printable])
-    keep_in_sync = BooleanField("Keep list in sync with CRM Leads", default=True)
+    # Named after the chosen list's members ("with CRM Leads", "with CRM Contacts") by the view and the page.
+    keep_in_sync = BooleanField("Keep list in sync with the CRM list", default=True)

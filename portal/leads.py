@@ -151,6 +151,12 @@ def distribute_lead(supplier: Organization, partner: Organization, data: dict) -
     return lead
 
 
+def push_name(lead: Lead) -> str:
+    """How Sync history names the push of a distributed lead: by the person, as a failed record is named."""
+    who = lead.full_name.strip()
+    return (f"Push of lead {who} <{lead.email}>" if who else f"Push of lead {lead.email}")[:100]
+
+
 def push_now(lead: Lead) -> None:
     """Queue the push of a distributed lead when the partner's integration is On with Synchronize Supplier Leads."""
     integration = dynamics_of(lead.organization_id)
@@ -162,7 +168,7 @@ def push_now(lead: Lead) -> None:
     from .schedule import start_run
 
     try:
-        start_run(integration, "push", lead_ids=[lead.id], trigger=f"distributed lead {lead.id}")
+        start_run(integration, "push", lead_ids=[lead.id], trigger=push_name(lead))
     except (RedisError, OSError):
         # The lead and its email are saved; the nightly catch-up pushes it if the queue cannot be reached now.
         log.exception("could not queue the push of lead %s; the nightly run will push it", lead.id)

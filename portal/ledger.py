@@ -14,6 +14,7 @@ from sqlalchemy.orm import defer
 from .extensions import db
 from .models import CrmIntegration, utcnow
 from .platform_models import RunStatus, SyncFailure, SyncRun
+from .wording import counted
 
 PAGE_SIZE = 50  # runs per page of the history
 FAILURES_SHOWN = 200  # failures listed on a run's page; the CSV export has them all
@@ -169,6 +170,25 @@ def kind_label(run: SyncRun) -> str:
     if run.dry_run:
         return "Preview"
     return "Resync everything" if run.full else KIND_LABELS.get(run.kind, run.kind)
+
+
+def stopped(run: SyncRun) -> bool:
+    """True for a failed run that a fault stopped (its message says why), not one that tried every record."""
+    from .sync.recorder import summary  # the sync package reads the ledger: imported when first needed
+
+    return run.status == RunStatus.failed and run.message != summary(run)
+
+
+def finish_sentence(run: SyncRun) -> str:
+    """How a run that just ended is announced: what it was, its number, and how it ended."""
+    what = f"{kind_label(run)} #{run.id}"
+    if run.status == RunStatus.failed:
+        if stopped(run):
+            return f"{what} stopped: {run.message}"
+        return f"{what} failed: every record it tried failed ({counted(run.failed_count, 'record')})."
+    if run.status == RunStatus.partial:
+        return f"{what} finished with {counted(run.failed_count, 'failed record')}: {run.message}."
+    return f"{what} finished: {run.message}."
 
 
 def csv_safe(value: object) -> str:

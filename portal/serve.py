@@ -45,6 +45,16 @@ def _port_or_free(preferred: int) -> int:
             return free_port()
 
 
+def sandbox_ports(env: dict[str, str]) -> tuple[int, int]:
+    """The sandbox's on-premises and TLS ports: SANDBOX_PORT (5555 when free) and SANDBOX_TLS_PORT, else the next one.
+
+    Two `make run`s side by side then differ by SANDBOX_PORT alone; a busy preferred port gives way to a free one.
+    """
+    port = int(env.get("SANDBOX_PORT", "0")) or _port_or_free(5555)
+    tls_port = int(env.get("SANDBOX_TLS_PORT", "0")) or _port_or_free(port + 1)
+    return port, tls_port
+
+
 def allow_sandbox(env: dict[str, str], *ports: int) -> None:
     """Let the portal reach exactly the sandbox's address and ports (on-premises and online), not the rest of loopback.
 
@@ -86,8 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_sandbox:
             from sandbox.testing import DOMAIN, PASSWORD, USERNAME
 
-            port = int(env.get("SANDBOX_PORT", "0")) or _port_or_free(5555)
-            tls_port = int(env.get("SANDBOX_TLS_PORT", "0")) or _port_or_free(5556)
+            port, tls_port = sandbox_ports(env)
             data = inst / "sandbox"
             children.append(subprocess.Popen(  # noqa: S603 - our own module
                 [sys.executable, "-m", "sandbox", "--port", str(port), "--data-dir", str(data), "--seed",

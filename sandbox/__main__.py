@@ -11,7 +11,7 @@ from .ntlm import configure, ensure_users_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options, with SANDBOX_PORT and SANDBOX_DATA_DIR as defaults."""
+    """Command-line options, with SANDBOX_PORT, SANDBOX_TLS_PORT and SANDBOX_DATA_DIR as defaults."""
     parser = argparse.ArgumentParser(prog="python -m sandbox", description="Stand-in on-premises Dynamics CRM.")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SANDBOX_PORT", "5555")))
@@ -20,15 +20,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--org", default="demo", help="organization name in the URL path")
     parser.add_argument("--seed", action="store_true", help="add demo records (idempotent)")
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--tls-port", type=int, default=int(os.environ.get("SANDBOX_TLS_PORT", "5556")),
-                        help="HTTPS port of the online mode (Entra token endpoint and Web API v9.2); 0 turns it off")
+    parser.add_argument("--tls-port", type=int, default=None,
+                        help="HTTPS port of the online mode (Entra token endpoint and Web API v9.2); 0 turns it off "
+                             "(default: SANDBOX_TLS_PORT, else the port after --port)")
     parser.add_argument(
         "--platform-option",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="add (or remove) the platform's lead-source option 'ZiftONE'; unchanged when omitted",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.tls_port is None:
+        tls = os.environ.get("SANDBOX_TLS_PORT", "").strip()
+        args.tls_port = int(tls) if tls else args.port + 1
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,15 +22,28 @@
     return messages;
   }
 
-  // After a swap the focused element may be gone; focus then goes to what changed.
-  function restoreFocus() {
+  // What had focus when each request started (a button disabled while its request runs drops focus), kept per
+  // request: a poll that starts meanwhile must not make the answer to a click forget where the user was.
+  const focusedBefore = new WeakMap();
+
+  function survivor(before) {
+    if (!before) return null;
+    const same = before.id ? document.getElementById(before.id) : null;
+    const el = same || (before.el.isConnected ? before.el : null);
+    return el && !el.disabled && !el.closest("[hidden], [inert]") ? el : null;
+  }
+
+  // After a swap the focused element may be gone: focus goes back to it when it survived (the same element or
+  // id), else to what changed. The first invalid field comes first, then a connection test's heading.
+  function restoreFocus(before) {
     const marked = document.querySelectorAll("[data-focus]");
     const active = document.activeElement;
     const lost = !active || active === document.body || !active.isConnected;
-    // The first invalid field comes first, then a connection test's heading, then whatever else changed.
-    const target = document.querySelector("[data-focus][aria-invalid=true]")
-      || document.querySelector("#test-status [data-focus]") || marked[0];
-    if (lost && target) target.focus({preventScroll: false});
+    if (lost) {
+      const target = document.querySelector("[data-focus][aria-invalid=true]") || survivor(before)
+        || document.querySelector("#test-status [data-focus]") || marked[0];
+      if (target) target.focus({preventScroll: false});
+    }
     marked.forEach(function (el) { el.removeAttribute("data-focus"); });
   }
 
@@ -54,12 +67,31 @@
     document.querySelectorAll("[data-focus]").forEach(function (el) { el.removeAttribute("data-focus"); });
   });
 
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    const active = document.activeElement;
+    if (event.detail.xhr && active && active !== document.body) {
+      focusedBefore.set(event.detail.xhr, {el: active, id: active.id});
+    }
+  });
+
+  // A field validated as it is typed and again when it is left asks once per value (data-validate-once):
+  // a second answer would replace the feedback, and a button in it, under the keyboard user's focus.
+  document.addEventListener("htmx:confirm", function (event) {
+    const elt = event.detail.elt;
+    if (!elt.matches || !elt.matches("[data-validate-once]")) return;
+    if (elt.getAttribute("data-validated") === elt.value) {
+      event.preventDefault();
+      return;
+    }
+    elt.setAttribute("data-validated", elt.value);
+  });
+
   document.addEventListener("htmx:afterSettle", function (event) {
     // A section answered 422 still holds edits that are not saved.
     const xhr = event.detail.xhr;
     const target = event.detail.target;
     if (xhr && xhr.status === 422 && target && target.id) markDirty(document.getElementById(target.id), true);
-    restoreFocus();
+    restoreFocus(xhr ? focusedBefore.get(xhr) : null);
     announce(newMessages());
   });
   document.addEventListener("htmx:afterRequest", function () { submitting = null; });
@@ -69,6 +101,13 @@
   });
   document.addEventListener("change", function (event) {
     if (event.target.closest("form")) markDirty(event.target.closest(".settings-section"), true);
+    // A contact list's switch names what the chosen CRM list holds (CRM Leads or CRM Contacts).
+    const list = event.target.closest("select[data-names-members]");
+    if (list) {
+      const label = document.querySelector('label[for="' + list.getAttribute("data-names-members") + '"]');
+      const members = list.selectedOptions[0] && list.selectedOptions[0].getAttribute("data-members");
+      if (label && members) label.lastChild.textContent = " Keep list in sync with CRM " + members;
+    }
   });
 
   // Saving one section refreshes others out of band; a section with unsaved edits keeps them.

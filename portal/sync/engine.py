@@ -83,7 +83,10 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
                     with ctx.rec.step(name):
                         REGISTRY[name](ctx)
             run = db.session.get(SyncRun, run_id)
-            run.status = RunStatus.partial if run.failed_count else RunStatus.finished
+            # Every record it tried failed: nothing reached the CRM, so the run failed (not "partial").
+            tried_ok = run.created_count + run.updated_count + run.skipped_count
+            run.status = (RunStatus.finished if not run.failed_count
+                          else RunStatus.partial if tried_ok else RunStatus.failed)
             run.message = summary(run)
             if not run.dry_run:
                 record_success(db.session.get(CrmIntegration, integration.id))

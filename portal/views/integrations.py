@@ -66,10 +66,10 @@ def _last_test(integration: CrmIntegration) -> BackgroundJob | None:
     )
 
 
-def _context(integration: CrmIntegration, forms: dict, saved: str | None = None) -> dict:
+def _context(integration: CrmIntegration, forms: dict, saved: str | None = None, unchanged: bool = False) -> dict:
     test = _last_test(integration)
     stuck = test is not None and not test.done and jobs_state.is_stuck_in_queue(test)
-    return {"row": integration, "forms": forms, "saved": saved, "test": test,
+    return {"row": integration, "forms": forms, "saved": saved, "unchanged": unchanged, "test": test,
             "stuck": stuck, "platform": current_app.config["PLATFORM_NAME"]}
 
 
@@ -86,10 +86,14 @@ def edit(integration_id: int):
     return _page(integration, build_forms(integration))
 
 
-def _section_response(integration, forms, section, *, ok: bool, extra_oob: tuple[str, ...] = ()):
-    """Answer a section's POST: fragment for htmx (422 on errors), PRG or a 422 page without JavaScript."""
+def _section_response(integration, forms, section, *, ok: bool, extra_oob: tuple[str, ...] = (),
+                      note: str = "saved"):
+    """Answer a section's POST: fragment for htmx (422 on errors), PRG or a 422 page without JavaScript.
+
+    ``note`` is what the section says after it: "saved", "unchanged" (nothing to save) or "" (nothing).
+    """
     if is_htmx():
-        ctx = _context(integration, forms, saved=section if ok else None)
+        ctx = _context(integration, forms, saved=section if ok and note else None, unchanged=note == "unchanged")
         return fragment(f"integrations/_{section}.html", status=200 if ok else 422,
                         oob_templates=tuple(f"integrations/_{name}.html" for name in extra_oob), **ctx)
     if ok:
@@ -124,19 +128,21 @@ def save_general(integration_id: int):
     changed = _apply(integration, {"supplier_id": form.supplier_id.data,
                                    "record_leads_as": form.record_leads_as.data})
     changed += lifecycle.apply_contacts_rule(integration)
-    _finish_save(integration, "general", changed, "General Settings")
+    note = _finish_save(integration, "general", changed, "General Settings")
     forms = build_forms(integration)
-    return _section_response(integration, forms, "general", ok=True,
+    return _section_response(integration, forms, "general", ok=True, note=note,
                              extra_oob=("usage",) if "record_leads_as" in changed else ())
 
 
-def _finish_save(integration: CrmIntegration, section: str, changed: list[str], title: str) -> None:
+def _finish_save(integration: CrmIntegration, section: str, changed: list[str], title: str) -> str:
+    """Audit and say what a section's save did; "saved" or "unchanged", for the note under the section."""
     if changed:
         audit(current_user, integration.organization_id, f"saved {section} settings", changed, integration.id)
         flash(f"{title} saved.", "success")
     else:
         flash(f"{title}: nothing changed.", "info")
     db.session.commit()
+    return "saved" if changed else "unchanged"
 
 
 @bp.route("/<int:integration_id>/connection", methods=["POST"])
@@ -179,11 +185,11 @@ def save_connection(integration_id: int):
     if lifecycle.connection_saved(integration, changed, testing=testing):
         flash("The connection settings changed, so the integration was switched Off: "
               "run Save and Test CRM Connection, then switch it On again.", "error")
-    _finish_save(integration, "connection", changed, "CRM Connection Settings")
+    note = _finish_save(integration, "connection", changed, "CRM Connection Settings")
     if testing:
         _start_test(integration)
     forms = build_forms(integration)
-    return _section_response(integration, forms, "connection", ok=True)
+    return _section_response(integration, forms, "connection", ok=True, note=note)
 
 
 def _environment_root(url: str | None) -> str:
@@ -241,7 +247,7 @@ def add_lead_source(integration_id: int):
         audit(current_user, integration.organization_id, "asked to add the lead source option", [], integration.id)
         db.session.commit()
     forms = build_forms(integration)
-    return _section_response(integration, forms, "connection", ok=True)
+    return _section_response(integration, forms, "connection", ok=True, note="")  # nothing of the form was saved
 
 
 @bp.route("/<int:integration_id>/tests/<job_id>")
@@ -295,8 +301,8 @@ def save_usage(integration_id: int):
     values = {f: getattr(form, f).data for f in USAGE_FIELDS}
     values = {k: (bool(v) if k != "ma_score_threshold" else int(v)) for k, v in values.items()}
     changed = _apply(integration, values)
-    _finish_save(integration, "usage", changed, "Usage Profile")
-    return _section_response(integration, build_forms(integration), "usage", ok=True)
+    note = _finish_save(integration, "usage", changed, "Usage Profile")
+    return _section_response(integration, build_forms(integration), "usage", ok=True, note=note)
 
 
 @bp.route("/<int:integration_id>/advanced", methods=["POST"])
@@ -316,5 +322,5 @@ def save_advanced(integration_id: int):
     integration.event_types = form.event_types.data or []
     if integration.event_types != before:
         changed.append("event_types")
-    _finish_save(integration, "advanced", changed, "Advanced General Options")
-    return _section_response(integration, build_forms(integration), "advanced", ok=True)
+    note = _finish_save(integration, "advanced", changed, "Advanced General Options")
+    return _section_response(integration, build_forms(integration), "advanced", ok=True, note=note)

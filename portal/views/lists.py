@@ -11,7 +11,9 @@ from ..access import admin_required
 from ..extensions import db
 from ..forms import ContactListForm
 from ..models import CrmIntegration, audit, integration_for
+from ..wording import counted
 from . import page_arg
+from .htmx import is_htmx
 
 bp = Blueprint("lists", __name__, url_prefix="/lists")
 
@@ -32,12 +34,19 @@ def index():
                            row=integration)
 
 
-def _choices(crm_lists) -> list[tuple[str, str]]:
+def members_word(member_type: str) -> str:
+    """What a list's members are, as the CRM names them: "Leads" or "Contacts"."""
+    return f"{member_type.capitalize()}s"
+
+
+def _choices(crm_lists) -> list[tuple[str, str, dict]]:
+    """The CRM's lists as options; each says what its members are, for the keep-in-sync switch's name."""
     def label(crm_list) -> str:
         kind = "dynamic" if crm_list.dynamic else "static"
-        return f"{crm_list.name} ({kind}, {crm_list.member_type}s, {crm_list.member_count} members)"
+        return f"{crm_list.name} ({kind}, {crm_list.member_type}s, {counted(crm_list.member_count, 'member')})"
 
-    return [("", "Choose a marketing list…"), *((cl.id, label(cl)) for cl in crm_lists)]
+    return [("", "Choose a marketing list…", {}),
+            *((cl.id, label(cl), {"data-members": members_word(cl.member_type)}) for cl in crm_lists)]
 
 
 @bp.route("/new", methods=["GET", "POST"])
@@ -48,6 +57,9 @@ def new():
     crm_lists, problem = contact_lists.crm_lists(integration)
     form = ContactListForm()
     form.crm_list_id.choices = _choices(crm_lists)
+    chosen = next((cl for cl in crm_lists if cl.id == form.crm_list_id.data), None)
+    if chosen is not None:  # a list of contacts is kept in sync with CRM Contacts, not Leads
+        form.keep_in_sync.label.text = f"Keep list in sync with CRM {members_word(chosen.member_type)}"
     if request.method == "POST":
         if form.validate_on_submit():
             chosen = next((cl for cl in crm_lists if cl.id == form.crm_list_id.data), None)
@@ -92,5 +104,7 @@ def detail(list_id: int):
     search = request.args.get("q", "")
     page = page_arg()
     members = contact_lists.members(found, search, page)
+    importing = found.last_synced_at is None and found.crm_missing_at is None
+    # The page polls itself while the first import runs: the answer that finds it done says so, once.
     return render_template("lists/detail.html", contact_list=found, members=members, search=search,
-                           importing=found.last_synced_at is None and found.crm_missing_at is None)
+                           importing=importing, announce_import=is_htmx() and not importing)

@@ -78,7 +78,8 @@ def _start(integration_id: int, *, dry_run: bool, full: bool = False):
               else f"Run #{run.id} queued: it reads every CRM record again." if full
               else f"Run #{run.id} queued.", "success")
     if is_htmx():
-        return fragment("runs/_runs.html", status=status, **_history_context(integration))
+        # The button that queued the run keeps focus (portal.js); should it be gone, the new run takes it.
+        return fragment("runs/_runs.html", status=status, focus_newest=status == 200, **_history_context(integration))
     return redirect(url_for("runs.history", integration_id=integration.id))
 
 
@@ -128,13 +129,16 @@ def detail(integration_id: int, run_id: int):
 @bp.route("/<int:integration_id>/runs/<int:run_id>/status")
 @admin_required
 def status(integration_id: int, run_id: int):
-    """A run's row (or, with part=body, its page body) read from SQL; 286 stops the polling once it is done."""
+    """A run's row (or, with part=body, its page body) read from SQL; 286 stops the polling once it is done.
+
+    The answer that finds the run done is the last one polled, so it is the one that announces the outcome.
+    """
     integration = own_integration(integration_id)
     run = _run_or_404(integration, run_id)
     if request.args.get("part") == "body":
-        body = render_template("runs/_run_body.html", **_detail_context(integration, run))
+        body = render_template("runs/_run_body.html", announce=run.done, **_detail_context(integration, run))
     else:
-        body = render_template("runs/_run_row.html", row=integration, run=run)
+        body = render_template("runs/_run_row.html", row=integration, run=run, announce=run.done)
     return poll(body, run.done, no_store=True)
 
 

@@ -227,7 +227,7 @@ def test_authentication_failure_raises_the_listing_banner(page: Page, stack: Liv
 
     page.get_by_role("navigation", name="breadcrumb").get_by_role("link", name="CRM Settings").click()
     dynamics = row(page, stack)
-    banner = dynamics.get_by_role("alert")
+    banner = dynamics.locator(".banner")
     expect(banner).to_have_attribute("data-code", "auth_failed")
     expect(banner).to_contain_text("The CRM rejected the user name or password.")
     expect(banner).to_contain_text("What to do: Check the user name, password and Windows domain.")
@@ -383,3 +383,15 @@ def test_member_gets_the_administrative_permission_page(page: Page, stack: LiveS
     response = page.goto(f"/settings/crm/{stack.integration_id}/edit")
     assert response is not None and response.status == 403
     screenshot(page, "10-member-permission-required")
+
+
+def test_saving_a_section_without_changes_says_nothing_was_saved(page: Page, stack: LiveStack):
+    open_edit(page, stack)
+    general = page.locator("#general")
+    general.get_by_label("Supplier").select_option(label="Demo Supplier")
+    general.get_by_role("button", name="Save General Settings").click()
+    expect(page.locator("#general [data-saved=general]")).to_have_text("Saved.")
+    page.locator("#general").get_by_role("button", name="Save General Settings").click()
+    expect(page.locator("#flash")).to_contain_text("General Settings: nothing changed.")
+    expect(page.locator("#general [data-saved=general]")).to_have_text("Nothing to save: no changes.")
+    expect(page.locator("#general [data-saved=general]")).to_be_focused()

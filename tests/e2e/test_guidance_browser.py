@@ -114,6 +114,22 @@ def test_failed_records_lead_with_a_plain_sentence_and_the_person(page: Page, st
     screenshot(page, "desktop-1280-run-failed-records")
 
 
+def test_a_run_where_every_record_failed_is_labelled_failed(page: Page, stack: LiveStack):
+    stack.reset(connected=True, tested=True)
+    run_id = stack.failed_run()
+    open_listing(page)
+    page.goto(f"/settings/crm/{stack.integration_id}/runs")
+    history = page.locator(f"#run-{run_id}")
+    expect(history).to_have_attribute("data-status", "failed")
+    expect(history.locator("[data-status]")).to_have_text("failed")
+    page.goto(f"/settings/crm/{stack.integration_id}/runs/{run_id}")
+    expect(page.locator("#run-body")).to_have_attribute("data-status", "failed")
+    # Not "the run stopped": it ran to the end, and every record it tried failed.
+    message = page.locator("[data-run-message]")
+    expect(message).to_contain_text("Every record this run tried failed")
+    expect(message).not_to_contain_text("stopped")
+
+
 def test_an_error_says_when_it_happened_and_that_a_sync_raised_it(page: Page, stack: LiveStack):
     from portal.models import CrmIntegration
 
@@ -129,7 +145,7 @@ def test_an_error_says_when_it_happened_and_that_a_sync_raised_it(page: Page, st
     expect(dynamics.locator("[data-state]")).to_have_text("Error")
     expect(dynamics.locator("td").nth(1)).to_contain_text("Passed")
     expect(dynamics.locator("[data-sync-error]")).to_contain_text("but a sync failed")
-    banner = dynamics.get_by_role("alert")
+    banner = dynamics.locator(".banner")
     expect(banner.locator("[data-error-source]")).to_have_text(
         re.compile(r"^A sync failed on \d{4}-\d\d-\d\d \d\d:\d\d UTC, after the connection test had passed:$"))
     banner.get_by_role("link", name="Open Edit Settings to fix it").click()

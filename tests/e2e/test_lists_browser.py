@@ -10,7 +10,7 @@ from playwright.sync_api import Page, expect
 
 from .conftest import LiveStack, screenshot, sign_in
 from .test_guidance_browser import set_up
-from .test_reach_browser import fits
+from .test_reach_browser import WATCH_ANNOUNCER, fits
 
 pytestmark = pytest.mark.browser
 
@@ -73,3 +73,35 @@ def test_create_a_contact_list_from_a_crm_list_and_find_a_member(page: Page, sta
     expect(page.locator("[data-member]")).to_have_count(5)
     fits(page, 375)
     screenshot(page, "phone-375-contact-list-members")
+
+
+def test_a_list_of_contacts_is_worded_for_contacts_and_its_import_is_announced(page: Page, stack: LiveStack):
+    stack.reset(connected=True, tested=True)
+    set_up(stack, supplier=True, marketing_automation=True, ma_pull_contacts=True, lead_source_value=100000000)
+    sign_in(page)
+    page.goto("/lists/new")
+    crm_list = page.get_by_label("CRM marketing list")
+    options = crm_list.locator("option").all_inner_texts()
+    newsletter = next(o for o in options if o.startswith("Newsletter contacts (static)"))
+    assert newsletter.endswith(", 6 members)"), newsletter
+    crm_list.select_option(label=newsletter)
+    # The switch names the kind of records the chosen list holds.
+    keep = page.get_by_role("switch", name="Keep list in sync with CRM Contacts")
+    expect(keep).to_be_visible()
+    expect(page.get_by_text("CRM Leads")).to_have_count(0)
+    page.get_by_label("Contact list name").fill("Newsletter readers")
+    keep.uncheck()
+    page.get_by_role("button", name="Create contact list").click()
+    expect(page).to_have_url(re.compile(r"/lists/\d+$"))
+    page.evaluate(WATCH_ANNOUNCER)
+    expect(page.locator("[data-member]")).to_have_count(5, timeout=30_000)
+    facts = page.locator("[data-facts]")
+    expect(facts).to_contain_text("5 members · contacts · static list")
+    # One of the six has no email address: said in the singular.
+    expect(facts).to_contain_text("1 CRM member without an email address was left out.")
+    expect(page.locator("main")).not_to_contain_text("CRM Leads")
+    # The finished import is said once, by the one live region.
+    expect(page.locator("#announcer")).to_contain_text("“Newsletter readers” imported: 5 members.")
+    announced = page.evaluate("() => window.__announced")
+    assert sum("imported" in text for text in announced) == 1, announced
+    screenshot(page, "desktop-1280-contact-list-of-contacts")

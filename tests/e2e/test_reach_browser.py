@@ -255,3 +255,202 @@ def test_without_javascript_a_running_run_refreshes_until_done(new_context, stac
     # Nobody clicks anything: the page refreshes itself and stops once the run is done.
     expect(page.locator("#run-body")).to_have_attribute("data-status", "finished", timeout=10_000)
     expect(page.locator("[data-refreshing]")).to_have_count(0)
+
+
+# Counts every focus change into an element, and remembers the test heading's node, to see whether polls move focus.
+WATCH_FOCUS = """() => {
+  window.__focusins = [];
+  document.addEventListener("focusin", (event) => {
+    const el = event.target;
+    window.__focusins.push({tag: el.tagName.toLowerCase(), inStatus: !!el.closest("#test-status")});
+  });
+}"""
+
+
+# A run's status once it is over.
+DONE = re.compile("^(finished|partial|failed)$")
+
+
+def validation_posts(page: Page, field: str) -> list[str]:
+    """Records the body of every inline validation request of a field (the Append /web button's too)."""
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.post_data or "") if f"/validate/{field}" in r.url else None)
+    return posts
+
+
+def test_focus_stays_on_the_run_buttons_and_goes_to_the_appended_url(page: Page, stack: LiveStack):
+    stack.reset(connected=True, tested=True)
+    open_listing(page)
+    page.goto(f"/settings/crm/{stack.integration_id}/runs")
+    for name, said in (("Preview", "Preview #"), ("Sync now", "Run #"), ("Resync everything", "every CRM record")):
+        button = page.get_by_role("button", name=name, exact=True)
+        button.focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#flash")).to_contain_text(said)
+        expect(page.locator("#runs tbody tr").first).to_have_attribute("data-status", DONE, timeout=30_000)
+        # The button is disabled while its request runs, which drops focus; it survives, so focus comes back to it.
+        expect(button).to_be_focused()
+        focused = page.evaluate(FOCUSED)
+        assert focused["tag"] == "button" and focused["text"] == name, focused
+
+    page.goto(f"/settings/crm/{stack.integration_id}/edit")
+    org_url = page.locator("#connection").get_by_label("Organization Web Service URL")
+    org_url.fill(stack.crm.org_url.removesuffix("/web"))
+    org_url.press("Tab")  # change: validated
+    append = page.locator("#org_url-feedback").get_by_role("button", name="Append /web")
+    append.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#org_url-feedback [data-ok]")).to_contain_text("Appended /web")
+    # The button is gone with the problem it solved: focus goes to the field with its new value.
+    expect(org_url).to_be_focused()
+    expect(org_url).to_have_value(stack.crm.org_url)
+
+
+def test_the_org_url_is_validated_once_per_value(page: Page, stack: LiveStack):
+    open_edit(page, stack)
+    posts = validation_posts(page, "org_url")
+    org_url = page.locator("#connection").get_by_label("Organization Web Service URL")
+    org_url.press_sequentially(stack.crm.org_url.removesuffix("/web"))
+    append = page.locator("#org_url-feedback").get_by_role("button", name="Append /web")
+    expect(append).to_be_visible()  # answered after the typing paused
+    page.keyboard.press("Tab")  # leaving the field (a change) with the value already answered asks nothing more
+    expect(append).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("#org_url-feedback [data-ok]")).to_contain_text("Appended /web")
+    expect(org_url).to_be_focused()
+    typed = [p for p in posts if "append_web" not in p]
+    assert len(typed) == 1, posts
+    assert len(posts) == 2, posts
+
+
+def test_connection_test_polls_leave_focus_alone(page: Page, stack: LiveStack):
+    stack.reset(connected=True)
+    stack.crm.set_faults(latency_ms=150)  # a slow CRM: several polls while the steps come in
+    open_edit(page, stack)
+    page.evaluate(WATCH_FOCUS)
+    page.get_by_role("button", name="Save and Test CRM Connection").focus()
+    page.evaluate("() => { window.__focusins = []; }")
+    watched = save_and_test_by_keyboard(page)
+    assert len([r for r in watched["renderings"] if r]) >= 3, watched["renderings"]
+    heading = page.locator("#test-status h3")
+    expect(heading).to_be_focused()
+    focusins = page.evaluate("() => window.__focusins")
+    # Once, when the test starts (the button that started it is replaced); never again while polling.
+    assert [f for f in focusins if f["inStatus"]] == [{"tag": "h3", "inStatus": True}], focusins
+    kept = page.evaluate("() => document.getElementById('test-status').__original === true")
+    assert kept, "#test-status was replaced while the test ran"
+
+
+def save_and_test_by_keyboard(page: Page) -> dict:
+    """Press Enter on the focused Save and Test button and wait for the outcome; returns what the page watched."""
+    from .test_edit_settings_browser import WATCH_TEST_STATUS
+
+    page.evaluate(WATCH_TEST_STATUS)
+    page.keyboard.press("Enter")
+    status = page.locator("#test-status")
+    expect(status.locator("[data-test=running], [data-test=passed]").first).to_be_visible()
+    page.evaluate("() => { document.getElementById('test-status').__original = true; }")
+    expect(status.locator("[data-test=passed], [data-test=failed]")).to_be_visible(timeout=20_000)
+    page.wait_for_function("() => window.__testWatch && window.__testWatch.doneAt !== null")
+    return page.evaluate("() => window.__testWatch")
+
+
+def test_a_finished_run_is_announced_once(page: Page, stack: LiveStack):
+    stack.reset(connected=True, tested=True)
+    open_listing(page)
+    page.goto(f"/settings/crm/{stack.integration_id}/runs")
+    page.evaluate(WATCH_ANNOUNCER)
+    page.get_by_role("button", name="Sync now", exact=True).click()
+    expect(page.locator("#announcer")).to_contain_text("queued.")
+    run_id = page.locator("#runs tbody tr").first.get_attribute("data-run")
+    expect(page.locator(f"#run-{run_id}")).to_have_attribute("data-status", DONE, timeout=30_000)
+    expect(page.locator("#announcer")).to_contain_text(f"#{run_id} finished")
+    announced = page.evaluate("() => window.__announced")
+    assert sum(f"#{run_id} finished" in text for text in announced) == 1, announced
+    # Said by the one live region only, not by the row too.
+    assert page.evaluate("(t) => (" + LIVE_REGIONS_SAYING + ")(t)", f"#{run_id} finished") == 1
+    # Reloading a page with finished runs says nothing of them.
+    page.reload()
+    page.evaluate(WATCH_ANNOUNCER)
+    expect(page.locator(f"#run-{run_id}")).to_be_visible()
+    assert page.evaluate("() => window.__announced") == []
+
+
+def test_a_swapped_banner_is_not_announced_again(page: Page, stack: LiveStack):
+    from .test_guidance_browser import set_up
+
+    stack.reset(connected=True)  # not tested: On is refused
+    set_up(stack, error_code="auth_failed", error_message="The CRM refused the user name or password.",
+           error_action="Type the password again under CRM Connection Settings.")
+    open_listing(page)
+    dynamics = row(page, stack)
+    expect(dynamics.locator(".banner")).to_contain_text("refused the user name")
+    page.evaluate(WATCH_ANNOUNCER)
+    dynamics.get_by_role("switch").click()
+    expect(dynamics.locator("[data-refusal]")).to_be_visible()
+    expect(page.locator("#announcer")).to_contain_text("was not switched On")
+    expect(dynamics.locator(".banner")).to_contain_text("refused the user name")
+    # The banner came back with the swapped row: it is not said again, only the switch's answer is.
+    assert page.evaluate("(t) => (" + LIVE_REGIONS_SAYING + ")(t)", "refused the user name") == 0
+    expect(dynamics.locator("[role=alert]")).to_have_count(0)
+    announced = page.evaluate("() => window.__announced")
+    assert len(announced) == 1 and "refused the user name" not in announced[0], announced
+
+
+# What a keyboard user lands on: every focused element is on screen, inside the window's width, and shows a ring.
+FOCUS_SEEN = """() => {
+  const el = document.activeElement, box = el.getBoundingClientRect(), style = getComputedStyle(el);
+  const name = (el.getAttribute("aria-label") || el.textContent || el.id || "").trim().slice(0, 40);
+  return {tag: el.tagName.toLowerCase(), name,
+          left: box.left, right: box.right, width: box.width, height: box.height,
+          ring: style.outlineStyle !== "none" && parseFloat(style.outlineWidth) >= 2
+                || style.boxShadow !== "none"};
+}"""
+
+
+def tab_through(page: Page, width: int, limit: int = 120) -> list[dict]:
+    """Tab from the top of the page to its end (or back to the start); every stop must be seen at this width."""
+    page.evaluate("() => document.activeElement && document.activeElement.blur()")
+    stops: list[dict] = []
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        stop = page.evaluate(FOCUS_SEEN)
+        if stop["tag"] == "body" or (stops and stop == stops[0]):
+            break
+        stops.append(stop)
+        assert stop["width"] > 0 and stop["height"] > 0, f"focus on something not shown: {stop}"
+        assert stop["left"] >= -0.5 and stop["right"] <= width + 0.5, f"focus off screen at {width} px: {stop}"
+        assert stop["ring"], f"no visible focus ring: {stop}"
+    return stops
+
+
+def test_keyboard_through_the_whole_setup_at_320_px(page: Page, stack: LiveStack):
+    page.set_viewport_size({"width": 320, "height": 640})
+    open_listing(page)
+    listing = tab_through(page, 320)
+    assert any(s["name"] == "Edit Settings" for s in listing), listing
+
+    page.goto(f"/settings/crm/{stack.integration_id}/edit")
+    edit = tab_through(page, 320, limit=200)
+    names = [s["name"] for s in edit]
+    for wanted in ("Save General Settings", "Save Usage Profile", "Save and Test CRM Connection"):
+        assert wanted in names, names
+    fill_connection(page, stack)
+    page.get_by_role("button", name="Save and Test CRM Connection").focus()
+    save_and_test_by_keyboard(page)
+    expect(page.locator("#test-status h3")).to_be_focused()
+    page.keyboard.press("Tab")
+    next_stop = page.evaluate(FOCUS_SEEN)
+    assert next_stop["right"] <= 320.5 and next_stop["ring"], next_stop
+    fits(page, 320)
+
+    page.goto(f"/settings/crm/{stack.integration_id}/runs")
+    tab_through(page, 320)
+    page.get_by_role("button", name="Sync now", exact=True).focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("button", name="Sync now", exact=True)).to_be_focused()
+    fits(page, 320)
+    page.goto("/lists")
+    tab_through(page, 320)
+    page.goto("/lists/new")
+    tab_through(page, 320)

@@ -65,7 +65,9 @@ def test_create_from_crm_list_reads_the_crm_live_and_imports(app, seeded, client
     crm.insert_records("list", [{"listname": "Key accounts", "type": False, "createdfromcode": 1, "statecode": 0}])
     page = client.get("/lists/new")
     assert page.status_code == 200
-    offered = re.findall(r'<option value="([0-9a-f-]{36})"[^>]*>([^<]+)</option>', page.text)
+    offered = re.findall(r'<option [^>]*value="([0-9a-f-]{36})"[^>]*>([^<]+)</option>', page.text)
+    # Each option says what its members are, for the name of the keep-in-sync switch.
+    assert re.search(r'<option data-members="Contacts" [^>]*>Newsletter contacts \(static\)', page.text)
     assert {label.rsplit(" (", 1)[0] for _, label in offered} == CRM_LISTS
     assert "Key accounts" not in page.text  # never a list of accounts
     springfield = next(value for value, label in offered if label.startswith("Springfield"))
@@ -199,7 +201,7 @@ def test_a_crm_list_name_longer_than_the_portal_keeps_is_shortened(app, seeded, 
     seeded["crm"].insert_records("list", [{"listname": "N" * 300, "type": False, "createdfromcode": 2,
                                            "statecode": 0}])
     page = client.get("/lists/new")
-    value = next(v for v, label in re.findall(r'<option value="([^"]+)"[^>]*>([^<]+)</option>', page.text)
+    value = next(v for v, label in re.findall(r'<option [^>]*value="([^"]+)"[^>]*>([^<]+)</option>', page.text)
                  if label.startswith("NNN"))
     resp = client.post("/lists/new", data={"csrf_token": auth.token(), "crm_list_id": value, "name": "Long"})
     assert resp.status_code in (200, 302, 303)

@@ -57,6 +57,8 @@ def test_distributed_lead_is_pushed_at_once_with_its_events(app, distributing):
     with app.app_context():
         run = db.session.scalar(select(SyncRun).where(SyncRun.integration_id == iid))
         assert (run.kind, run.status, run.job_id is not None) == ("push", RunStatus.queued, True)
+        # Sync history names the push by the person, not by an internal id.
+        assert run.trigger == "Push of lead Pat Buyer <Pat.Buyer@Example.NET>", run.trigger
         assert queues.queue(queues.QUEUE_PUSH).count == 1
     work_push_queue(app)
     (rec,) = crm.records("lead", email="Pat.Buyer@Example.NET")
