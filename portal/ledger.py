@@ -6,6 +6,7 @@ import csv
 import io
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import bindparam, func, select
@@ -16,6 +17,7 @@ from .models import CrmIntegration, utcnow
 from .platform_models import RunStatus, SyncFailure, SyncRun
 
 PAGE_SIZE = 50  # runs per page of the history
+WHEN = "%Y-%m-%d %H:%M:%S UTC"  # a moment as the history pages write it
 FAILURES_SHOWN = 200  # failures listed on a run's page; the CSV export has them all
 CSV_CHUNK = 1000  # failures read at once while exporting, so memory stays flat
 KIND_LABELS = {"push": "Push", "nightly": "Nightly", "manual": "Sync now", "retry": "Retry"}
@@ -175,6 +177,30 @@ def kind_label(run: SyncRun) -> str:
     if run.dry_run:
         return "Preview"
     return "Resync everything" if run.full else KIND_LABELS.get(run.kind, run.kind)
+
+
+class RunCells(NamedTuple):
+    """What a run's line in the history writes out: its kind, status, dates (ISO and for a person) and duration."""
+
+    kind: str
+    status: str
+    done: bool
+    started_iso: str
+    started: str
+    finished_iso: str
+    finished: str
+    duration: str
+
+
+def run_cells(run: SyncRun) -> RunCells:
+    """A run's line of the history, written out in one call (fifty lines a page: a template call each cost more)."""
+    started, finished = run.started_at, run.finished_at
+    return RunCells(
+        kind=kind_label(run), status=run.status.value, done=run.done,
+        started_iso=started.isoformat() if started else "", started=f"{started:{WHEN}}" if started else "",
+        finished_iso=finished.isoformat() if finished else "", finished=f"{finished:{WHEN}}" if finished else "",
+        duration=duration(run),
+    )
 
 
 def csv_safe(value: object) -> str:

@@ -119,6 +119,18 @@ def _partner_queries(wanted: str) -> tuple[Select, Select]:
     return rows, select(every.c.state, func.count()).group_by(every.c.state)
 
 
+def _partner_line(row) -> tuple[str, str, str, str, str]:
+    """A partner's line, written out once in Python: (name, state, state's label, last test, problem since).
+
+    A hundred lines a page: each date formatted and each enum read in the template cost more than the rest.
+    """
+    state = IntegrationState[row.state]
+    tested = (f"{'Passed' if row.last_test_ok else 'Failed'} · {row.last_test_at:%Y-%m-%d %H:%M UTC}"
+              if row.last_test_at else "")
+    problem = f"{row.error_at:%Y-%m-%d %H:%M UTC}" if row.error_at else ""
+    return row.name, state.name, state.value, tested, problem
+
+
 @bp.route("/partners")
 @admin_required
 def partners():
@@ -142,7 +154,7 @@ def partners():
         counts = dict(db.session.execute(counts_query, supplier).all())
         summary = {s: counts.get(s.name, 0) for s in IntegrationState}
     more = len(rows) > PARTNERS_PER_PAGE
-    shown = [(row, IntegrationState[row.state]) for row in rows[:PARTNERS_PER_PAGE]]
+    shown = [_partner_line(row) for row in rows[:PARTNERS_PER_PAGE]]
     return render_template("settings/partners.html", rows=shown, summary=summary, page=page, more=more,
                            state=wanted, per_page=PARTNERS_PER_PAGE)
 
