@@ -108,3 +108,10 @@ def test_wtforms_is_not_patched():
     assert widgets.html_params is core.html_params
     assert core.Input.html_params is core.html_params
     assert core.Button.html_params is core.html_params
+
+
+def test_a_value_that_cannot_be_a_key():
+    """An attribute value that cannot key the prepared attributes (a list) is still drawn as WTForms draws it."""
+    form = forms.TokenForm(formdata=MultiDict({"name": HOSTILE}), meta={"csrf": False})
+    attrs = {"data_items": ["a", '"<b>"']}
+    assert str(form.name(**attrs)) == str(form.name.widget(form.name, **{clean_key(k): v for k, v in attrs.items()}))
