@@ -36,12 +36,13 @@ def attribute(key: str, value: Any) -> str | None:
 
 
 @lru_cache(maxsize=4096)
-def _prepared(static: tuple[tuple[str, Any], ...], slots: tuple[str, ...]) -> tuple[str | tuple[str], ...]:
+def _prepared(static: tuple[tuple[str, type, Any], ...], slots: tuple[str, ...]) -> tuple[str | tuple[str], ...]:
     """The attributes in WTForms' order: a drawn string for a fixed one, ``(key,)`` where a changing one goes.
 
+    Each value comes with its type: Markup("<i>") equals "<i>" and True equals 1, but they are drawn differently.
     Bounded: a field's fixed attributes change with the page (an integration's id in a URL), not per request.
     """
-    order = sorted([(key, attribute(key, value)) for key, value in static] + [(key, (key,)) for key in slots])
+    order = sorted([(key, attribute(key, value)) for key, _type, value in static] + [(key, (key,)) for key in slots])
     return tuple(drawn for _key, drawn in order if drawn is not None)
 
 
@@ -65,7 +66,7 @@ def draw_input(field: Any, render_kw: dict[str, Any]) -> Markup:
         if key in widget.validation_attrs and key not in kwargs:
             kwargs[key] = value() if callable(value) else value
     kwargs["name"] = field.name
-    static, slots = tuple(kwargs.items()), tuple(dynamic)
+    static, slots = tuple((key, type(value), value) for key, value in kwargs.items()), tuple(dynamic)
     try:
         prepared = _prepared(static, slots)
     except TypeError:  # a value that cannot be a cache key (a list…): prepared for this call only

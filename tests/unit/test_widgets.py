@@ -115,3 +115,12 @@ def test_a_value_that_cannot_be_a_key():
     form = forms.TokenForm(formdata=MultiDict({"name": HOSTILE}), meta={"csrf": False})
     attrs = {"data_items": ["a", '"<b>"']}
     assert str(form.name(**attrs)) == str(form.name.widget(form.name, **{clean_key(k): v for k, v in attrs.items()}))
+
+
+def test_equal_values_of_other_types_are_not_confused():
+    """Markup and a plain string with the same text (or True and 1) are drawn each as its type says, in any order."""
+    form = forms.TokenForm(formdata=None, meta={"csrf": False})
+    for first, second in ((Markup("<i>x</i>"), "<i>x</i>"), ("<i>y</i>", Markup("<i>y</i>")), (True, 1), (1, True)):
+        for value in (first, second):
+            assert str(form.name(title=value)) == str(form.name.widget(form.name, title=value)), repr(value)
+    assert 'title="&lt;i&gt;x&lt;/i&gt;"' in str(form.name(title="<i>x</i>"))
