@@ -7,7 +7,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask_wtf import FlaskForm
-from markupsafe import Markup, escape
 from wtforms import (
     BooleanField,
     EmailField,
@@ -34,31 +33,7 @@ from wtforms.validators import (
 
 from . import catalog
 from .validation import email_problem, text_problem
-
-_WTFORMS_HTML_PARAMS = widgets.core.html_params  # WTForms' own, kept for the test that compares the two
-
-
-def html_params(**kwargs: Any) -> Markup:
-    """WTForms' ``html_params``, character for character, without ``Markup.format`` (its costliest part).
-
-    Every field a page draws goes through it, once per attribute set: WTForms formats each attribute with
-    ``string.Formatter``, which cost Edit Settings about a third of its time.
-    """
-    params = []
-    for key, value in sorted(kwargs.items()):
-        key = widgets.core.clean_key(key)
-        if value is True:
-            params.append(str(escape(key)))
-        elif value is not False:
-            # escape() turns " into &#34;; a Markup value is kept as it is, so its quotes are escaped here.
-            params.append(f'{escape(key)}="{str(escape(value)).replace(chr(34), "&quot;")}"')
-    return Markup(" ".join(params))  # noqa: S704 - every key and value above went through escape()
-
-
-# The widgets look html_params up as a module global or as a class attribute: both now find the one above.
-widgets.core.html_params = widgets.html_params = html_params
-widgets.core.Input.html_params = staticmethod(html_params)
-widgets.core.Button.html_params = staticmethod(html_params)
+from .widgets import PreparedMeta
 
 
 def _no_control_characters(form: FlaskForm, field: Any) -> None:
@@ -74,6 +49,9 @@ def _no_control_characters(form: FlaskForm, field: Any) -> None:
 
 class PortalForm(FlaskForm):
     """A form whose every text field is refused with a message when it holds control characters."""
+
+    class Meta(PreparedMeta):
+        """Inputs drawn from attributes prepared once (portal.widgets); CSRF as Flask-WTF sets it."""
 
     def validate(self, extra_validators: dict | None = None) -> bool:
         """Validate as WTForms does, with the text rule added to each field."""

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    bindparam,
     false,
     select,
 )
@@ -494,11 +495,13 @@ def audit(user: User | None, org_id: int, action: str, fields: list[str], integr
     )
 
 
+_INTEGRATION_FOR = select(CrmIntegration).where(  # built once (see portal.access)
+    CrmIntegration.organization_id == bindparam("organization_id"), CrmIntegration.kind == bindparam("kind"))
+
+
 def integration_for(org: Organization, kind: str = catalog.DYNAMICS) -> CrmIntegration:
     """The organization's integration of this kind, created with defaults on first use."""
-    found = db.session.scalar(
-        select(CrmIntegration).where(CrmIntegration.organization_id == org.id, CrmIntegration.kind == kind)
-    )
+    found = db.session.scalar(_INTEGRATION_FOR, {"organization_id": org.id, "kind": kind})
     if found is None:
         found = CrmIntegration(organization_id=org.id, kind=kind)
         db.session.add(found)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from .. import jobs_state, lifecycle
 from ..access import admin_required, own_integration
@@ -35,9 +35,9 @@ def _supplier_choices(integration: CrmIntegration) -> list[tuple[int, str]]:
 def build_forms(integration: CrmIntegration, posted: str | None = None) -> dict:
     """The four forms: the posted one reads the request, the others show what is saved."""
     general = GeneralForm(formdata=request.form if posted == "general" else None, obj=integration, prefix="general")
-    general.supplier_id.choices = choices([(0, "— Choose a supplier —"), *_supplier_choices(integration)])
+    suppliers = _supplier_choices(integration)
+    general.supplier_id.choices = choices([(0, "— Choose a supplier —"), *suppliers])
     if posted != "general":
-        suppliers = _supplier_choices(integration)
         # A partner of exactly one supplier has nothing to choose: that supplier is preselected.
         only = suppliers[0][0] if len(suppliers) == 1 else 0
         general.supplier_id.data = integration.supplier_id or only
@@ -57,13 +57,16 @@ def build_forms(integration: CrmIntegration, posted: str | None = None) -> dict:
     return {"general": general, "connection": connection, "usage": usage, "advanced": advanced}
 
 
+_LAST_TEST = (  # built once (see portal.access)
+    select(BackgroundJob)
+    .where(BackgroundJob.integration_id == bindparam("integration_id"), BackgroundJob.kind == "connection-test")
+    .order_by(BackgroundJob.created_at.desc())
+    .limit(1)
+)
+
+
 def _last_test(integration: CrmIntegration) -> BackgroundJob | None:
-    return db.session.scalar(
-        select(BackgroundJob)
-        .where(BackgroundJob.integration_id == integration.id, BackgroundJob.kind == "connection-test")
-        .order_by(BackgroundJob.created_at.desc())
-        .limit(1)
-    )
+    return db.session.scalar(_LAST_TEST, {"integration_id": integration.id})
 
 
 def _context(integration: CrmIntegration, forms: dict, saved: str | None = None, unchanged: bool = False) -> dict:
