@@ -155,8 +155,8 @@ def _retry(ctx: Context, failure_ids: Sequence[int] | None) -> None:
 
 
 # Most recently used last. Each kept gateway holds a socket to its CRM: a push worker that pushes for thousands
-# of partners within KEEP_SECONDS would otherwise run out of file descriptors (the soft limit is often 1,024), and then every
-# job on it fails. ``SYNC_KEPT_GATEWAYS`` caps them; the least recently used is closed first.
+# of partners within KEEP_SECONDS would otherwise run out of file descriptors (the soft limit is often 1,024),
+# and then every job on it fails. ``SYNC_KEPT_GATEWAYS`` caps them; the least recently used is closed first.
 _KEPT: OrderedDict[int, tuple[str, CrmGateway, float]] = OrderedDict()
 KEEP_SECONDS = 300
 
