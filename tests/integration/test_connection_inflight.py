@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import threading
 
+import pytest
+
 from portal.extensions import db
 from portal.models import CrmIntegration
 
@@ -156,3 +158,34 @@ def test_a_429_during_the_online_test_halves_the_limit_of_the_integration(app, c
     with app.app_context():
         assert inflight.current_limit(iid) == 1
         assert inflight.Slots(iid).conn.zcard(f"portal:inflight:{iid}") == 0
+
+
+def test_a_waiting_connection_test_takes_the_next_free_slot_before_any_batch(app, partner_admin):
+    """A slot that comes free while a test waits goes to the test: the sync's next batch waits behind it."""
+    from portal.sync import inflight
+
+    iid = partner_admin["integration_id"]
+    with app.app_context():
+        turn = inflight.Turn(iid, wait=30)
+        batches = inflight.Slots(iid)
+    first, second = HeldSlots(app, iid, 1), HeldSlots(app, iid, 1)
+    got = threading.Event()
+
+    def test_request() -> None:
+        with turn.hold():
+            got.set()
+
+    thread = threading.Thread(target=test_request)
+    thread.start()
+    try:
+        wait_for(lambda: batches.conn.zcard(f"portal:inflight-first:{iid}") == 1, 10, "the test to queue")
+        first.release()  # one batch is answered: its slot is the test's, not the next batch's
+        with pytest.raises(inflight.NoSlot), batches.slot(wait=0.5):
+            pass
+        assert got.wait(10)
+        assert batches.held() == 2 and batches.conn.zcard(f"portal:inflight-first:{iid}") == 0
+    finally:
+        thread.join(10)
+        turn.close()
+        second.release()
+    assert batches.held() == 0
