@@ -172,7 +172,6 @@ class Turn:
         self.slots = Slots(integration_id)
         self.wait = wait
         self.on_wait = on_wait  # told, in words, that the test waits for the sync's batches
-        self.waited = 0.0
         self._token: str | None = None
         self._closed = False
         self._lock = threading.Lock()
@@ -185,20 +184,24 @@ class Turn:
     @contextlib.contextmanager
     def hold(self) -> Iterator[None]:
         """Take the turn if not yet taken (``CrmInUseError`` when none comes free within the wait)."""
+        over = "The connection test was over before this request could be sent."
         with self._lock:
             if self._closed:
-                raise CrmInUseError("The connection test was over before this request could be sent.")
-            if self._token is None:
-                started = time.monotonic()
-                try:
-                    self._token = self.slots.acquire(self.wait, first=True, on_wait=self._waiting)
-                except NoSlot as exc:
-                    raise CrmInUseError(
-                        f"The CRM is busy with this integration's sync: {self.slots.limit()} requests were in its "
-                        f"hands for the {self.wait:.0f} s the test waited for one of them to be answered.",
-                        detail=str(exc)) from exc
-                finally:
-                    self.waited = time.monotonic() - started
+                raise CrmInUseError(over)
+            taken = self._token is not None
+        if not taken:  # the test's requests come one after another: only the first one waits
+            try:
+                token = self.slots.acquire(self.wait, first=True, on_wait=self._waiting)
+            except NoSlot as exc:
+                raise CrmInUseError(
+                    f"The CRM is busy with this integration's sync: {self.slots.limit()} requests were in its "
+                    f"hands for the {self.wait:.0f} s the test waited for one of them to be answered.",
+                    detail=str(exc)) from exc
+            with self._lock:
+                if self._closed:  # closed while waiting (the job's time is up): give the slot straight back
+                    self.slots.release(token)
+                    raise CrmInUseError(over)
+                self._token = token
         yield
 
     def busy(self) -> None:
