@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -11,6 +12,8 @@ from .context import with_app
 
 log = logging.getLogger(__name__)
 
+WAITING = "Waiting for the CRM"  # the step a test shows while the sync's batches hold every slot
+
 
 @with_app
 def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) -> dict:
@@ -18,13 +21,14 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
     from flask import current_app
 
     from portal.connection import config_for
-    from portal.connectors.dynamics import DynamicsError
+    from portal.connectors.dynamics import DynamicsError, Step
     from portal.connectors.dynamics.factory import open_service, run_connection_test
     from portal.crypto import SecretUnreadable
     from portal.extensions import db
     from portal.jobs_state import add_step, finish_job, start_job
     from portal.lifecycle import record_test, test_finished
     from portal.models import CrmIntegration
+    from portal.sync.inflight import Turn
 
     start_job(job_id)
     integration = db.session.get(CrmIntegration, integration_id)
@@ -40,28 +44,36 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
         finish_job(job_id, ok=False, message=error["message"], result={"ok": False, "steps": [], "error": error})
         return {"ok": False}
 
-    if add_lead_source:
-        try:
-            service, transport = open_service(config)
-            with transport:
-                value = service.ensure_option(platform)
-            add_step(job_id, {"name": "Add lead source option", "ok": True,
-                              "detail": f"'{platform}' is option {value} of Lead Source, published"})
-        except DynamicsError as exc:
-            add_step(job_id, {"name": "Add lead source option", "ok": False, "detail": exc.message})
+    # The test counts as one request in flight to the CRM, with the runs' batches (sync/inflight.py).
+    turn = Turn(integration_id, wait=float(current_app.config.get("CONNECTION_TEST_SLOT_WAIT", 20)),
+                on_wait=lambda text: add_step(job_id, {"name": WAITING, "ok": True, "detail": text}))
+    with contextlib.closing(turn):
+        if add_lead_source:
+            try:
+                service, transport = open_service(config)
+                transport.gate = turn
+                with transport:
+                    value = service.ensure_option(platform)
+                add_step(job_id, {"name": "Add lead source option", "ok": True,
+                                  "detail": f"'{platform}' is option {value} of Lead Source, published"})
+            except DynamicsError as exc:
+                add_step(job_id, {"name": "Add lead source option", "ok": False, "detail": exc.message})
 
-    deadline = float(current_app.config.get("CONNECTION_TEST_DEADLINE", 45))
-    result = _within(deadline, lambda on_step: run_connection_test(config, platform_name=platform, on_step=on_step),
-                     lambda step: add_step(job_id, step.to_dict()))
-    if result is None:  # the CRM holds the test: say so and free the worker for the next tenant's test
-        error = {"code": "timeout", "message": f"The CRM did not finish answering within {deadline:.0f} s.",
-                 "action": "Check that the CRM server is up and not overloaded, then test again."}
-        record_test(integration, ok=False, fingerprint=fingerprint, message=error["message"], error=error)
-        db.session.commit()
-        finish_job(job_id, ok=False, message=error["message"], result={"ok": False, "steps": [], "error": error})
-        return {"ok": False}
+        def work(on_step):
+            turn.on_wait = lambda text: on_step(Step(WAITING, True, text))
+            return run_connection_test(config, platform_name=platform, on_step=on_step, gate=turn)
+
+        deadline = float(current_app.config.get("CONNECTION_TEST_DEADLINE", 45))
+        result = _within(deadline, work, lambda step: add_step(job_id, step.to_dict()))
+        if result is None:  # the CRM holds the test: say so and free the worker for the next tenant's test
+            error = {"code": "timeout", "message": f"The CRM did not finish answering within {deadline:.0f} s.",
+                     "action": "Check that the CRM server is up and not overloaded, then test again."}
+            record_test(integration, ok=False, fingerprint=fingerprint, message=error["message"], error=error)
+            db.session.commit()
+            finish_job(job_id, ok=False, message=error["message"], result={"ok": False, "steps": [], "error": error})
+            return {"ok": False}
+        user = _user_name(config, result.user_id, turn) if result.ok else None
     data = result.to_dict()
-    user = _user_name(config, result.user_id) if result.ok else None
     data["user_name"] = user
     db.session.refresh(integration)
     was_on = integration.enabled
@@ -110,7 +122,7 @@ def _within(seconds: float, work, on_step):
     return out["result"]
 
 
-def _user_name(config, user_id: str | None) -> str | None:
+def _user_name(config, user_id: str | None, gate) -> str | None:
     """The CRM user's full name for the success message (best effort: the test already passed)."""
     if not user_id:
         return None
@@ -119,6 +131,7 @@ def _user_name(config, user_id: str | None) -> str | None:
 
     try:
         service, transport = open_service(config)
+        transport.gate = gate
         with transport:
             entity = service.retrieve("systemuser", user_id, ["fullname", "domainname"])
         name = entity.attributes.get("fullname")

@@ -119,8 +119,13 @@ def load_config(overrides: dict | None = None) -> dict:
         "SYNC_WAIT_SECONDS": env_int("SYNC_WAIT_SECONDS", 5),
         # A connection test ends within this, however the CRM answers (its job's timeout is a little longer).
         "CONNECTION_TEST_DEADLINE": env_int("CONNECTION_TEST_DEADLINE", 45),
+        # A connection test counts as one request in flight to its CRM: it waits this long for a slot the
+        # integration's sync holds (going before the sync's next batches), then says the CRM is busy with the sync.
+        "CONNECTION_TEST_SLOT_WAIT": env_int("CONNECTION_TEST_SLOT_WAIT", 20),
         # How long a push waits for one of its CRM's in-flight slots before coming back later (see sync/inflight).
         "SYNC_PUSH_SLOT_WAIT": float(os.environ.get("SYNC_PUSH_SLOT_WAIT") or 1),
+        # A push worker keeps an authenticated CRM session (one socket) for this many integrations at most.
+        "SYNC_KEPT_GATEWAYS": env_int("SYNC_KEPT_GATEWAYS", 100),
         # How long a writer waits for a record another writer is sending (then leaves it to the next run).
         "SYNC_CLAIM_WAIT_SECONDS": env_int("SYNC_CLAIM_WAIT_SECONDS", 60),
         # For measurements only: one look-up and one write per record, as most integrations do (bench/sync.py).

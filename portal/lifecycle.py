@@ -11,6 +11,8 @@ from .extensions import db
 from .models import CrmIntegration, Notice, Role, User, audit, utcnow
 
 AUTH_CODES = {"auth_failed"}
+# Test failures that say the CRM was busy, not that the settings are wrong.
+BUSY_CODES = {"server_busy", "crm_in_use"}
 PULL_CONTACTS_WITH_CONTACTS = ("Pull Contacts is not available while new leads are recorded as contacts: "
                                "Dynamics offers no way to pull contacts then.")
 
@@ -55,10 +57,14 @@ def connection_saved(integration: CrmIntegration, changed: list[str], *, testing
 
 def test_finished(integration: CrmIntegration, *, ok: bool, was_on: bool, fingerprint: str, message: str,
                   lead_source_value: int | None = None, error: dict | None = None) -> None:
-    """Keep a connection test's result; settings that no longer pass must not stay On (L2)."""
+    """Keep a connection test's result; settings that no longer pass must not stay On (L2).
+
+    A test that ended because the CRM was busy (Server Busy, or every slot held by the integration's own sync)
+    says nothing about the settings: the integration stays as it was.
+    """
     record_test(integration, ok=ok, fingerprint=fingerprint, message=message, lead_source_value=lead_source_value,
                 error=error)
-    if was_on and not ok and integration.enabled:
+    if was_on and not ok and integration.enabled and (error or {}).get("code") not in BUSY_CODES:
         integration.enabled = False
         integration.error_message = f"{integration.error_message} The integration was switched Off."
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 
 from flask import current_app
@@ -156,7 +157,10 @@ def _retry(ctx: Context, failure_ids: Sequence[int] | None) -> None:
             REGISTRY["push_campaigns"](ctx)
 
 
-_KEPT: dict[int, tuple[str, CrmGateway, float]] = {}
+# Most recently used last. Each kept gateway holds a socket to its CRM: a push worker that pushes for thousands
+# of partners within KEEP_SECONDS would otherwise run out of file descriptors (the soft limit is often 1,024),
+# and then every job on it fails. ``SYNC_KEPT_GATEWAYS`` caps them; the least recently used is closed first.
+_KEPT: OrderedDict[int, tuple[str, CrmGateway, float]] = OrderedDict()
 KEEP_SECONDS = 300
 
 
@@ -170,7 +174,8 @@ def drop_kept_gateway(integration_id: int) -> None:
 def kept_gateway(integration: CrmIntegration) -> CrmGateway:
     """A gateway kept between pushes of one integration in this worker: the NTLM handshake is done once.
 
-    It is replaced when the connection settings change, and dropped after five idle minutes.
+    It is replaced when the connection settings change, and dropped after five idle minutes or when more than
+    ``SYNC_KEPT_GATEWAYS`` integrations' gateways are kept (the least recently used goes).
     """
     now = time.monotonic()
     for key, (_, gw, used) in list(_KEPT.items()):
@@ -187,6 +192,10 @@ def kept_gateway(integration: CrmIntegration) -> CrmGateway:
         kept = (fingerprint, CrmGateway(integration, 1, slot_wait=float(
             current_app.config.get("SYNC_PUSH_SLOT_WAIT", 1))), now)
     _KEPT[integration.id] = (kept[0], kept[1], now)
+    _KEPT.move_to_end(integration.id)
+    while len(_KEPT) > max(1, int(current_app.config.get("SYNC_KEPT_GATEWAYS", 100))):
+        _, (_, oldest, _) = _KEPT.popitem(last=False)
+        oldest.close()
     return kept[1]
 
 

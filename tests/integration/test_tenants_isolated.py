@@ -12,7 +12,7 @@ from portal.schedule import start_run
 from portal.serve import WORKERS
 
 from .holding_proxy import HoldingProxy
-from .sync_helpers import configure, make_leads, start_worker, stop_worker, wait_for
+from .sync_helpers import configure, make_leads, run_steps, start_worker, stop_worker, wait_for
 
 
 def tenant(app, factory, crm, name: str, url=lambda u: u) -> tuple[int, int]:
@@ -71,3 +71,32 @@ def test_a_hung_crm_holds_up_no_other_tenant(app, factory, crm, tmp_path):
         for worker in workers:
             stop_worker(worker, kill=True)
         proxy.close()
+
+
+def test_a_push_worker_keeps_sessions_for_a_bounded_number_of_tenants(app, factory, crm):
+    """Pushes of many tenants through one worker: the least recently used CRM sessions are closed past the cap."""
+    from portal.sync import engine
+
+    for iid in list(engine._KEPT):
+        engine.drop_kept_gateway(iid)
+    crm.reset(seed=False, platform_option=True)
+    app.config["SYNC_KEPT_GATEWAYS"] = 3
+    tenants = [tenant(app, factory, crm, f"Pushing Partner {k}") for k in range(6)]
+    kept = {}
+    try:
+        for org, iid in tenants:
+            (lead_id,) = make_leads(app, org, 1, prefix=f"kept-{org}-")
+            assert run_steps(app, iid, kind="push", lead_ids=[lead_id])["status"] == "finished"
+            kept[iid] = engine._KEPT[iid][1]
+        assert list(engine._KEPT) == [iid for _, iid in tenants[-3:]]  # the three used last
+        for _, iid in tenants[:3]:  # the others' sessions (and their sockets) are closed, not left to linger
+            for transport in kept[iid]._transports:
+                assert not transport.session.adapters["http://"].poolmanager.pools
+        # A push of a tenant whose session was closed opens a new one and goes through.
+        org, iid = tenants[0]
+        (lead_id,) = make_leads(app, org, 1, prefix=f"kept-again-{org}-", start=10)
+        assert run_steps(app, iid, kind="push", lead_ids=[lead_id])["status"] == "finished"
+        assert len(engine._KEPT) == 3 and iid in engine._KEPT
+    finally:
+        for iid in list(engine._KEPT):
+            engine.drop_kept_gateway(iid)

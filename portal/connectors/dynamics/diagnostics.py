@@ -17,12 +17,13 @@ from .errors import (
     NotDynamicsError,
     PrivilegeError,
     RequestTimeoutError,
+    ServerBusyError,
     TlsError,
     UnreachableError,
 )
 from .odata import ODataClient
 from .soap import OrganizationService, fetch_xml, find_option_value, version_name
-from .transport import ConnectionConfig, Transport
+from .transport import ConnectionConfig, Gate, Transport
 from .urlguard import CheckedUrl, check_address, check_url
 
 log = logging.getLogger("portal.connectors.dynamics")
@@ -167,8 +168,12 @@ def test_connection(
     on_step: Callable[[Step], None] | None = None,
     transport: Transport | None = None,
     time_limit: float = TIME_LIMIT,
+    gate: Gate | None = None,
 ) -> ConnectionTestResult:
-    """Run the connection test steps in order, stopping at the first failure; the whole test ends in time_limit."""
+    """Run the connection test steps in order, stopping at the first failure; the whole test ends in time_limit.
+
+    With a ``gate`` each request waits for a turn of the CRM, and a Server Busy answer is reported to it.
+    """
     result = ConnectionTestResult()
     own_transport = transport is None
     until = time.monotonic() + time_limit
@@ -184,6 +189,8 @@ def test_connection(
             error = RequestTimeoutError(
                 f"The CRM did not answer within the {time_limit:.0f} s a connection test may take "
                 f"(it stopped at the step {name}).", detail=error.message)
+        if gate is not None and isinstance(error, ServerBusyError):
+            gate.busy()
         result.error = error
         done(name, False, error.message)
         raise _Stop
@@ -225,6 +232,8 @@ def test_connection(
             t = Transport(config)
         tr = t
         tr.until = until
+        if gate is not None:
+            tr.gate = gate
         service = OrganizationService(tr)
         before = tr.handshakes
 

@@ -174,6 +174,15 @@ class ServerBusyError(DynamicsError):
         super().__init__(message, **kw)
 
 
+class CrmInUseError(DynamicsError):
+    """Our own work already has as many requests in the CRM's hands as it may: this one was not sent."""
+
+    code = "crm_in_use"
+    default_message = "The CRM is busy with this integration's sync."
+    default_action = "Nothing to change: test again when the sync shown in Sync history is done."
+    retryable = True
+
+
 class ServerError(DynamicsError):
     """The CRM failed with an internal or gateway error; usually transient."""
 

@@ -8,7 +8,7 @@ from typing import Any
 from .auth import OnlineConfig
 from .diagnostics import ConnectionTestResult, Step, test_connection
 from .soap import OrganizationService
-from .transport import ConnectionConfig, Transport
+from .transport import ConnectionConfig, Gate, Transport
 from .webapi import BearerTransport, WebApiService
 
 AnyConfig = ConnectionConfig | OnlineConfig
@@ -26,10 +26,11 @@ def open_service(config: AnyConfig, batch_limit: int | None = None) -> tuple[Any
 
 
 def run_connection_test(config: AnyConfig, platform_name: str = "ZiftONE",
-                        on_step: Callable[[Step], None] | None = None) -> ConnectionTestResult:
-    """The layered connection test of the connection's kind."""
+                        on_step: Callable[[Step], None] | None = None,
+                        gate: Gate | None = None) -> ConnectionTestResult:
+    """The layered connection test of the connection's kind (each request through ``gate`` when given)."""
     if isinstance(config, OnlineConfig):
         from .online_test import test_online_connection
 
-        return test_online_connection(config, platform_name, on_step)
-    return test_connection(config, platform_name, on_step)
+        return test_online_connection(config, platform_name, on_step, gate=gate)
+    return test_connection(config, platform_name, on_step, gate=gate)

@@ -9,10 +9,11 @@ from urllib.parse import urlsplit
 
 from .auth import MemoryTokenCache, OnlineConfig, TokenProvider
 from .diagnostics import ConnectionTestResult, Step, _tcp_connect, _tls_handshake, check_read_access
-from .errors import DynamicsError, InvalidUrlError, LeadSourceMissingError
+from .errors import DynamicsError, InvalidUrlError, LeadSourceMissingError, ServerBusyError
 from .soap import find_option_value
+from .transport import Gate
 from .urlguard import CheckedUrl, check_url
-from .webapi import BearerTransport, WebApiService
+from .webapi import BearerTransport, ThrottledError, WebApiService
 
 log = logging.getLogger("portal.connectors.dynamics")
 
@@ -25,8 +26,12 @@ def test_online_connection(
     config: OnlineConfig,
     platform_name: str = "ZiftONE",
     on_step: Callable[[Step], None] | None = None,
+    gate: Gate | None = None,
 ) -> ConnectionTestResult:
-    """Run the online connection test steps in order, stopping at the first failure."""
+    """Run the online connection test steps in order, stopping at the first failure.
+
+    With a ``gate`` each request to the environment waits for a turn, and 429s and Server Busy are reported to it.
+    """
     result = ConnectionTestResult()
 
     def done(name: str, ok: bool, detail: str = "") -> None:
@@ -36,6 +41,9 @@ def test_online_connection(
             on_step(step)
 
     def fail(name: str, error: DynamicsError) -> None:
+        # Each 429 was reported by the transport as it came; a Server Busy of another kind is reported here.
+        if gate is not None and isinstance(error, ServerBusyError) and not isinstance(error, ThrottledError):
+            gate.busy()
         result.error = error
         done(name, False, error.message)
         raise _Stop
@@ -85,6 +93,7 @@ def test_online_connection(
         done("Sign-in (Microsoft Entra ID)", True, run("Sign-in (Microsoft Entra ID)", sign_in))
 
         transport = BearerTransport(config, provider=provider)
+        transport.gate = gate
         service = WebApiService(transport)
         me = run("Application user", service.who_am_i)
         done("Application user", True, f"user {me.user_id}")

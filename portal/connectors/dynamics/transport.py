@@ -10,8 +10,9 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
@@ -232,6 +233,19 @@ class GuardedAdapter(HTTPAdapter):
 # ---------------------------------------------------------------- the transport
 
 
+class Gate(Protocol):
+    """Who may send to a CRM now: each exchange of a transport with a gate is sent while holding a turn."""
+
+    def hold(self) -> AbstractContextManager[None]:
+        """Wait for a turn (or raise a DynamicsError saying why there is none) and keep it for the exchange."""
+        ...
+
+    def busy(self) -> None:
+        """The CRM asked us to slow down (HTTP 429): fewer requests should be in its hands at once."""
+        ...
+
+
+
 def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -272,6 +286,9 @@ def map_request_exception(exc: Exception, url: str) -> DynamicsError:
 class Transport:
     """One requests.Session per credential: NTLM, keep-alive, timeouts, TLS, size cap and URL guard."""
 
+    # When set, every exchange holds a turn of the CRM (the portal's in-flight slots) and reports 429s to it.
+    gate: Gate | None = None
+
     def __init__(self, config: ConnectionConfig, session: requests.Session | None = None) -> None:
         self.config = config
         # A moment (time.monotonic) after which no exchange may run: a connection test's overall budget.
@@ -311,9 +328,20 @@ class Transport:
         """Send one logical request (NTLM legs included) and return the capped, fully read response.
 
         The whole exchange ends within `deadline` seconds (default: the config's total_timeout), also when the
-        server answers one byte at a time: a watchdog then cuts the connection.
+        server answers one byte at a time: a watchdog then cuts the connection. With a ``gate`` the exchange
+        waits for a turn first, and holds it until the answer is read.
         """
         check_url(url, self.config.allowed_networks, self.config.allowed_endpoints)
+        if self.gate is None:
+            return self._exchange(method, url, headers, data, deadline)
+        with self.gate.hold():
+            result = self._exchange(method, url, headers, data, deadline)
+        if result.status == 429:
+            self.gate.busy()
+        return result
+
+    def _exchange(self, method: str, url: str, headers: Mapping[str, str] | None, data: bytes | None,
+                  deadline: float | None) -> HttpResponse:
         started = time.monotonic()
         budget = self.config.total_timeout if deadline is None else deadline
         if self.until is not None:
