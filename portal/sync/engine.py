@@ -18,6 +18,7 @@ from ..extensions import db
 from ..lifecycle import record_failure, record_success
 from ..models import CrmIntegration, utcnow
 from ..platform_models import Acceptance, CrmLink, Lead, MarketingEvent, RunStatus, SyncFailure, SyncRun
+from ..wording import counted
 from .context import Context
 from .gateway import CrmGateway
 from .inflight import NoSlot
@@ -90,7 +91,7 @@ def _execute(run_id: int, steps: Sequence[str] | None, lead_ids: Sequence[int] |
                           else RunStatus.partial if tried_ok else RunStatus.failed)
             run.message = summary(run)
             if not run.dry_run:
-                record_success(db.session.get(CrmIntegration, integration.id))
+                _record_outcome(db.session.get(CrmIntegration, integration.id), run)
         except NoSlot as exc:
             # Only a push gives up waiting for a slot: it stays queued and its job comes back (nothing is lost;
             # what it sent is linked, and claims make the next try skip it).
@@ -197,6 +198,17 @@ def kept_gateway(integration: CrmIntegration) -> CrmGateway:
         _, (_, oldest, _) = _KEPT.popitem(last=False)
         oldest.close()
     return kept[1]
+
+
+def _record_outcome(integration: CrmIntegration, run: SyncRun) -> None:
+    """A run that ended: lower the banner, unless every record it tried failed (then nothing reached the CRM)."""
+    if run.status != RunStatus.failed:
+        record_success(integration)
+        return
+    record_failure(integration, "records_failed",
+                   f"A sync run could not write any of its {counted(run.failed_count, 'record')} to the CRM.",
+                   "Open Sync history to read why each record failed, put it right (in the CRM or in the record), "
+                   "then choose Retry all.")
 
 
 def _abort(run_id: int, integration_id: int, exc: DynamicsError, pending_leads: Sequence[int] = ()) -> None:

@@ -26,6 +26,14 @@ from .sync_helpers import (
 )
 
 
+def banner(app, integration_id: int) -> str:
+    """The error code of the banner under the integration's listing row ("" when there is none)."""
+    with app.app_context():
+        code = db.session.get(CrmIntegration, integration_id).error_code
+        db.session.remove()
+    return code or ""
+
+
 @pytest.fixture
 def ready(connected):
     """An empty sandbox (with the platform's lead source) and an integration that pushes distributed leads."""
@@ -113,9 +121,14 @@ def test_transient_faults_are_retried_without_duplicates(app, ready, fault, nth)
     assert all(f["retryable"] and f["next_attempt_at"] is not None for f in pending), pending
     assert {f["code"] for f in pending} == {{"http500": "server_error", "drop": "unreachable",
                                               "busy": "server_busy"}[fault]}
+    # A run where every record failed raises the listing's banner (a run stopped by Server Busy says so);
+    # one with some records through does not.
+    raised = "" if nth == 3 else "server_busy" if fault == "busy" else "records_failed"
+    assert banner(app, iid) == raised, banner(app, iid)
     # The retry run (what schedule_retry queues) completes them, and nothing is in the CRM twice.
     retry = run_steps(app, iid, kind="retry")
     assert retry["status"] == "finished", retry
+    assert banner(app, iid) == ""  # and a run that goes through lowers it again
     catch_up = run_steps(app, iid, ["push_distributed_leads", "push_events"])  # nothing left over
     assert catch_up["created"] == 0
     counts = emails_in_crm(crm)

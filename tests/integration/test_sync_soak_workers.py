@@ -12,7 +12,7 @@ import time
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import func, select
 
-from portal import queues
+from portal import ledger, queues
 from portal.extensions import db
 from portal.models import CrmIntegration
 from portal.platform_models import LeadOrigin, RunStatus, SyncFailure, SyncRun
@@ -122,9 +122,13 @@ def test_every_record_once_with_three_workers_and_a_hung_tenant(app, factory, cr
     assert len(ours) == 1000 and set(ours.values()) == {1}
     assert set(refs) == set(event_ids(app, marketing + distributed)) and set(refs.values()) == {1}
     with app.app_context():  # why a run did not finish, should one not
-        said = list(db.session.execute(select(SyncRun.id, SyncRun.kind, SyncRun.message).where(
+        ended = list(db.session.scalars(select(SyncRun).where(
             SyncRun.integration_id == iid, SyncRun.status.not_in([RunStatus.finished, RunStatus.partial]))))
-    assert all(status in (RunStatus.finished, RunStatus.partial) for _, status, _ in runs), (runs, said)
+        # A small retry whose only batch met the now-and-then 500 failed every record it tried: that is
+        # "failed" too, but it ran to its end (its records wait for the next retry); no run was stopped.
+        said = [(run.id, run.kind, run.status.value, run.message) for run in ended if ledger.stopped(run)
+                or run.status != RunStatus.failed]
+    assert not said, (runs, said)
     assert hung_run.status == RunStatus.failed and "time limit" in hung_run.message
     assert failed_jobs <= 1  # the hung tenant's job, ended by its timeout; no other job lost
     assert peak <= 2
