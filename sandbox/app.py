@@ -372,7 +372,7 @@ class SandboxApp:
             with self.stats_lock:
                 self.stats.clear()
             with self.crm.em_lock:
-                self.crm.em_peak = 0
+                self.crm.em_peak = self.crm.batch_peak = 0
             if payload.get("seed"):
                 from .seed import seed as run_seed
 
@@ -397,6 +397,7 @@ class SandboxApp:
                     "bearer_401": sum(v for k, v in counts.items() if k.startswith("bearer:401")),
                     "writes": {k[6:]: v for k, v in counts.items() if k.startswith("write:")},
                     "executemultiple_peak": self.crm.em_peak,
+                    "batch_peak": self.crm.batch_peak,
                     "records": self.store.counts(),
                 },
             )

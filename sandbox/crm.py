@@ -70,6 +70,9 @@ class FaultSettings:
     throttle_scope: str = "request"
     max_concurrent_requests: int = 0
     token_lifetime: int = 3600
+    # The x-ms-dop-hint (recommended degree of parallelism) every Web API answer carries, as the real service's
+    # do: 0 sends the sandbox's usual value (online.DOP_HINT), a negative number sends none.
+    dop_hint: int = 0
 
 
 @dataclass
@@ -92,6 +95,8 @@ class Crm:
         self.em_lock = threading.Lock()
         self.em_running = 0
         self.em_peak = 0  # most ExecuteMultiple requests in progress at once (reported in stats)
+        self.batch_running = 0
+        self.batch_peak = 0  # most Web API $batch requests in progress at once (online mode; in stats too)
         self.ensure_org()
 
     # ------------------------------------------------------------ organization

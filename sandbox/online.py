@@ -3,7 +3,8 @@
 The same records as the on-premises front ends. Tokens are opaque, checked on every call and expire
 (``token_lifetime`` in the faults), so clients must renew them. ``$batch`` runs operations outside change sets
 one by one (``Prefer: odata.continue-on-error`` decides whether a failure stops the rest) and a change set all
-or nothing, as the real service does; service protection 429s with ``Retry-After`` come on demand.
+or nothing, as the real service does; service protection 429s with ``Retry-After`` come on demand, and every
+answer names a recommended degree of parallelism (``x-ms-dop-hint``, set with the ``dop_hint`` fault setting).
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ MAX_BATCH_URL = 64 * 1024
 E_REQUEST_COUNT = -2147015902
 E_EXECUTION_TIME = -2147015903
 E_CONCURRENCY = -2147015898
+# The recommended degree of parallelism the real service names in x-ms-dop-hint; this one for a small environment.
+DOP_HINT = 4
 E_NOT_MEMBER = -2147015328  # 0x80072560
 E_INVALID_PROPERTY = -2147088248  # 0x80060888
 THROTTLE_MESSAGES = {
@@ -323,7 +326,12 @@ class OnlineApp:
     # ------------------------------------------------------------ the Web API
 
     def webapi(self, method: str, sub: str, environ: dict[str, Any]) -> Response:
-        """Check the bearer token, apply injected limits, then run the request."""
+        """Check the bearer token, apply injected limits, then run the request; every answer carries the hint."""
+        status, headers, body = self._webapi(method, sub, environ)
+        hint = self.crm.faults.dop_hint or DOP_HINT
+        return status, [*headers, ("x-ms-dop-hint", str(hint))] if hint > 0 else headers, body
+
+    def _webapi(self, method: str, sub: str, environ: dict[str, Any]) -> Response:
         self.sandbox.count("http:webapi9")
         auth = environ.get("HTTP_AUTHORIZATION", "")
         challenge = [("WWW-Authenticate", f'Bearer authorization_uri="https://login.microsoftonline.com/'
@@ -339,9 +347,14 @@ class OnlineApp:
             return _api_error(403, "The user is not a member of the organization.", E_NOT_MEMBER)
         user = self.crm.user_for(f"APP\\{app.client_id}")
         faults = self.crm.faults
+        is_batch = sub == "$batch"
         with self.lock:
             self.in_flight += 1
             over = bool(faults.max_concurrent_requests) and self.in_flight > faults.max_concurrent_requests
+        if is_batch:
+            with self.crm.em_lock:
+                self.crm.batch_running += 1
+                self.crm.batch_peak = max(self.crm.batch_peak, self.crm.batch_running)
         try:
             if faults.latency_ms:
                 time.sleep(faults.latency_ms / 1000)
@@ -364,6 +377,9 @@ class OnlineApp:
         finally:
             with self.lock:
                 self.in_flight -= 1
+            if is_batch:
+                with self.crm.em_lock:
+                    self.crm.batch_running -= 1
 
     def _throttled(self, code: int) -> Response:
         retry = str(self.crm.faults.throttle_retry_after)
