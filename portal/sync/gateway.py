@@ -13,14 +13,21 @@ from ..connectors.dynamics import OrganizationService, ServerBusyError, Transpor
 from ..connectors.dynamics.batch import BATCH_SIZE, TRANSIENT, BatchWriter
 from ..connectors.dynamics.factory import open_service
 from ..connectors.dynamics.soap import BatchItemResult, fetch_in
-from ..connectors.dynamics.webapi import WebApiService
+from ..connectors.dynamics.webapi import ThrottledError, WebApiService
 from ..models import CrmIntegration
 from ..platform_models import normalize_email
-from .inflight import Slots
+from .inflight import RunGate, Slots
 
 LOOKUP_CHUNK = 1000  # values per FetchXML `in` condition
 PAGE = 5000  # FetchXML page size when reading
 READ_TRIES = 4  # a read that meets a transient fault is tried again (reads change nothing)
+
+
+def told_busy(slots: Slots, exc: ServerBusyError) -> None:
+    """A Server Busy met by the sync lowers the integration's limit (the 429s behind a ThrottledError already did,
+    one by one, through the transport's gate)."""
+    if not isinstance(exc, ThrottledError):
+        slots.busy()
 
 
 class Limited:
@@ -34,8 +41,8 @@ class Limited:
         with self.slots.slot(self.slots.wait):
             try:
                 result = getattr(self.service, name)(*args)
-            except ServerBusyError:
-                self.slots.busy()
+            except ServerBusyError as exc:
+                told_busy(self.slots, exc)
                 raise
         self.slots.good()
         return result
@@ -105,6 +112,8 @@ class CrmGateway:
         svc = getattr(self._local, "svc", None)
         if svc is None:
             svc, transport = open_service(self.config, batch_limit=self.batch_limit)
+            # Each 429 and recommended degree of parallelism the CRM sends reaches every worker's limit.
+            transport.gate = RunGate(self.slots)
             with self._lock:
                 self._transports.append(transport)
                 self._services.append(svc)
@@ -165,7 +174,9 @@ class CrmGateway:
                         given += 1
                         yield rec
                 return
-            except TRANSIENT:
+            except TRANSIENT as exc:
+                if isinstance(exc, ServerBusyError):
+                    told_busy(self.slots, exc)
                 tries += 1
                 if tries >= READ_TRIES:
                     raise

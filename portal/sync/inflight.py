@@ -2,8 +2,10 @@
 
 Nightly runs, pushes and retries of one integration go through ``slot``, connection tests through ``Turn``: at most
 ``SYNC_PARALLEL_BATCHES`` requests are in the CRM's hands at once, whichever process sends them. Each holder's
-entry expires on its own, so a killed worker frees its slot. When the CRM answers Server Busy, the limit of the
-whole integration halves (kept in Redis) and climbs back one step after a run of good answers.
+entry expires on its own, so a killed worker frees its slot. When the CRM answers Server Busy or 429, the limit of
+the whole integration halves (kept in Redis), once per burst (one halving per Retry-After window, however many
+requests were refused together), and climbs back one step after a run of good answers. Dynamics 365 online also
+names its recommended degree of parallelism (x-ms-dop-hint): the limit never goes above it either.
 """
 
 from __future__ import annotations
@@ -24,11 +26,25 @@ CLIMB_AFTER = 20  # good answers in a row before a halved limit goes up by one
 LIMIT_SECONDS = 3600  # a halved limit is forgotten after an hour without Server Busy
 
 WAITER_SECONDS = 5  # a connection test waiting for a slot is forgotten this long after it last asked
+BUSY_WINDOW = 1.0  # Server Busy answers (no Retry-After) within this many seconds are one burst: one halving
+HINT_SECONDS = 600  # a recommended degree of parallelism is forgotten after this long without an answer naming it
+HINT_REFRESH = 60  # a worker writes an unchanged hint again after this long (so that it does not expire)
+
+# The limit now: the configured one (ARGV[1]), or less while halved (KEYS[3]) or while the CRM recommends less
+# (KEYS[4]). Shared by the scripts below.
+_LIMIT = """
+local limit = tonumber(ARGV[1])
+local lowered = tonumber(redis.call('hget', KEYS[3], 'limit'))
+if lowered and lowered < limit then limit = lowered end
+local hint = tonumber(redis.call('get', KEYS[4]))
+if hint and hint < limit then limit = hint end
+if limit < 1 then limit = 1 end
+"""
 
 # Take a slot if fewer than ARGV[1] live entries are held (expired entries are dropped first). Connection tests
 # (ARGV[5] = 1) go first: while one waits, batches do not take a slot that comes free, so a person waiting for
 # the result of a test never waits for more than the batches in flight.
-_ACQUIRE = """
+_ACQUIRE = _LIMIT + """
 local now = tonumber(ARGV[2])
 redis.call('zremrangebyscore', KEYS[1], '-inf', now)
 redis.call('zremrangebyscore', KEYS[2], '-inf', now)
@@ -37,7 +53,7 @@ local taken = redis.call('zcard', KEYS[1])
 if not first then
   taken = taken + redis.call('zcard', KEYS[2])
 end
-if taken < tonumber(ARGV[1]) then
+if taken < limit then
   redis.call('zadd', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
   redis.call('expire', KEYS[1], tonumber(ARGV[3]))
   redis.call('zrem', KEYS[2], ARGV[4])
@@ -48,6 +64,20 @@ if first then
   redis.call('expire', KEYS[2], tonumber(ARGV[6]))
 end
 return 0
+"""
+
+# Halve the limit (KEYS[3]) unless a halving came less than its window ago (ARGV[2] now, ARGV[3] the window):
+# the requests refused in one burst lower it once. 1 when halved.
+_BUSY = _LIMIT + """
+local now = tonumber(ARGV[2])
+local quiet = tonumber(redis.call('hget', KEYS[3], 'quiet'))
+if quiet and now < quiet then
+  redis.call('hset', KEYS[3], 'good', 0)
+  return 0
+end
+redis.call('hset', KEYS[3], 'limit', math.max(1, math.floor(limit / 2)), 'good', 0, 'quiet', now + tonumber(ARGV[3]))
+redis.call('expire', KEYS[3], tonumber(ARGV[4]))
+return 1
 """
 
 
@@ -67,42 +97,55 @@ def _limit_key(integration_id: int) -> str:
     return f"portal:busy-limit:{integration_id}"
 
 
+def _hint_key(integration_id: int) -> str:
+    return f"portal:dop-hint:{integration_id}"
+
+
+def _least(top: int, lowered: bytes | None, hint: bytes | None) -> int:
+    return max(1, min([top, *(int(v) for v in (lowered, hint) if v is not None)]))
+
+
 def configured() -> int:
     """The configured most batches in flight per CRM."""
     return max(1, int(current_app.config.get("SYNC_PARALLEL_BATCHES") or 2))
 
 
 def current_limit(integration_id: int, conn=None) -> int:
-    """The integration's limit now: the configured one, or less after Server Busy answers."""
-    conn = conn or queues.redis()
-    lowered = conn.hget(_limit_key(integration_id), "limit")
-    top = configured()
-    return max(1, min(top, int(lowered))) if lowered is not None else top
+    """The integration's limit now: the configured one, or less after Server Busy answers or below the CRM's hint."""
+    return Slots(integration_id, conn=conn).limit()
 
 
 class Slots:
     """The in-flight slots of one integration's CRM (safe to use from the lanes' threads)."""
 
-    def __init__(self, integration_id: int, limit: int | None = None, wait: float | None = None):
+    def __init__(self, integration_id: int, limit: int | None = None, wait: float | None = None, conn=None):
         self.integration_id = integration_id
         self.wait = wait  # how long a write waits for a slot (None: as long as its job may run)
-        self.conn = queues.redis()
+        self.conn = conn or queues.redis()
         self.top = limit or configured()
         self._acquire = self.conn.register_script(_ACQUIRE)
+        self._busy = self.conn.register_script(_BUSY)
+        self._hint_said: tuple[int, float] = (0, 0.0)  # the hint this object last wrote, and until when it is fresh
+
+    def _keys(self) -> list[str]:
+        iid = self.integration_id
+        return [_key(iid), _waiting_key(iid), _limit_key(iid), _hint_key(iid)]
 
     def limit(self) -> int:
-        """The limit now (the configured one, halved while the CRM says it is busy)."""
-        lowered = self.conn.hget(_limit_key(self.integration_id), "limit")
-        return max(1, min(self.top, int(lowered))) if lowered is not None else self.top
+        """The limit now: the configured one, halved while the CRM says it is busy, never above the CRM's hint."""
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.hget(_limit_key(self.integration_id), "limit")
+        pipe.get(_hint_key(self.integration_id))
+        lowered, hint = pipe.execute()
+        return _least(self.top, lowered, hint)
 
     def held(self) -> int:
         """How many slots are held now, by every worker together."""
         return int(self.conn.zcount(_key(self.integration_id), time.time(), "+inf"))
 
     def _take(self, token: str, first: bool) -> bool:
-        return bool(self._acquire(keys=[_key(self.integration_id), _waiting_key(self.integration_id)],
-                                  args=[self.limit(), time.time(), SLOT_SECONDS, token, int(first),
-                                        WAITER_SECONDS]))
+        return bool(self._acquire(keys=self._keys(),
+                                  args=[self.top, time.time(), SLOT_SECONDS, token, int(first), WAITER_SECONDS]))
 
     def acquire(self, wait: float | None = None, *, first: bool = False,
                 on_wait: Callable[[], None] | None = None) -> str:
@@ -139,14 +182,22 @@ class Slots:
         finally:
             self.release(token)
 
-    def busy(self) -> None:
-        """The CRM said Server Busy: halve the integration's limit, for every worker."""
-        key = _limit_key(self.integration_id)
-        halved = max(1, self.limit() // 2)
-        pipe = self.conn.pipeline()
-        pipe.hset(key, mapping={"limit": halved, "good": 0})
-        pipe.expire(key, LIMIT_SECONDS)
-        pipe.execute()
+    def busy(self, retry_after: float = 0.0) -> bool:
+        """The CRM said Server Busy or 429: halve the integration's limit, for every worker, once per burst.
+
+        A halving holds off the next one for ``retry_after`` seconds (at least ``BUSY_WINDOW``): the other requests
+        refused in the same burst, by this worker or another, do not halve it again. True when it was halved.
+        """
+        window = max(BUSY_WINDOW, retry_after)
+        return bool(self._busy(keys=self._keys(), args=[self.top, time.time(), window, LIMIT_SECONDS]))
+
+    def hint(self, dop: int) -> None:
+        """The CRM recommends at most ``dop`` requests at once (x-ms-dop-hint): no worker's batches go beyond it."""
+        now = time.monotonic()
+        if self._hint_said[0] == dop and now < self._hint_said[1]:
+            return  # every answer names it: Redis hears it when it changes, and often enough not to forget it
+        self.conn.set(_hint_key(self.integration_id), max(1, dop), ex=HINT_SECONDS)
+        self._hint_said = (dop, now + HINT_REFRESH)
 
     def good(self) -> None:
         """A batch went through: after enough in a row, a halved limit climbs back by one."""
@@ -154,11 +205,35 @@ class Slots:
         if not self.conn.exists(key):
             return
         if self.conn.hincrby(key, "good", 1) >= CLIMB_AFTER:
-            raised = self.limit() + 1
+            lowered = self.conn.hget(key, "limit")
+            raised = _least(self.top, lowered, None) + 1
             if raised >= self.top:
                 self.conn.delete(key)
             else:
                 self.conn.hset(key, mapping={"limit": raised, "good": 0})
+
+
+class RunGate:
+    """The gate of a sync's transports: what the CRM says of its load reaches the whole integration's limit.
+
+    An exchange waits for nothing here (the batch it belongs to already holds a slot, see ``gateway.Limited``);
+    each 429 and its Retry-After, and each recommended degree of parallelism, go to ``Slots``.
+    """
+
+    def __init__(self, slots: Slots):
+        self.slots = slots
+
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        """No wait: the batch holds the slot."""
+        return contextlib.nullcontext()
+
+    def busy(self, retry_after: float = 0.0) -> None:
+        """A 429: halve the integration's limit (once per burst)."""
+        self.slots.busy(retry_after)
+
+    def parallelism(self, hint: int) -> None:
+        """The CRM's recommended degree of parallelism: the integration's limit never goes above it."""
+        self.slots.hint(hint)
 
 
 class Turn:
@@ -204,9 +279,13 @@ class Turn:
                 self._token = token
         yield
 
-    def busy(self) -> None:
+    def busy(self, retry_after: float = 0.0) -> None:
         """The CRM said Server Busy (or 429) to the test: halve the integration's limit, as a run would."""
-        self.slots.busy()
+        self.slots.busy(retry_after)
+
+    def parallelism(self, hint: int) -> None:
+        """The CRM's recommended degree of parallelism, met by the test: kept for the runs too."""
+        self.slots.hint(hint)
 
     def close(self) -> None:
         """Give the slot back; a request sent after this (a test thread past its deadline) is refused."""

@@ -34,6 +34,7 @@ from portal.connectors.dynamics.soap import (
     fetch_xml,
     set_fetch_paging,
 )
+from portal.connectors.dynamics.transport import MAX_RETRY_AFTER, parse_retry_after
 from portal.connectors.dynamics.webapi import (
     BatchPart,
     QueryTooLongError,
@@ -41,7 +42,6 @@ from portal.connectors.dynamics.webapi import (
     ThrottledError,
     parse_batch,
     parse_record,
-    parse_retry_after,
     record_body,
 )
 from portal.connectors.dynamics.xml import EntityReference, Money, OptionSetValue, parse_xml
@@ -397,7 +397,7 @@ def test_concurrency_limit_lowers_parallelism(sb) -> None:  # noqa: ANN001
 def test_retry_after_forms() -> None:
     assert parse_retry_after("3") == 3 and parse_retry_after("00:01:05") == 65
     assert parse_retry_after(None, 5) == 5 and parse_retry_after("soon", 2) == 2
-    assert parse_retry_after("99999") == webapi.MAX_RETRY_AFTER
+    assert parse_retry_after("99999") == MAX_RETRY_AFTER
 
 
 def test_throttle_halves_and_recovers() -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from sqlalchemy import select
 
 from portal import sync
+from portal.connectors.dynamics import webapi
+from portal.connectors.dynamics.soap import CreateRequest
 from portal.connectors.dynamics.xml import OptionSetValue
 from portal.extensions import db
 from portal.models import CrmIntegration, Notice
@@ -168,6 +173,88 @@ def test_online_run_with_a_fifth_of_answers_429_completes_with_every_record_once
     assert len(counts) == 3300 and set(counts.values()) == {1}
     refs = note_refs(crm)
     assert set(refs) == set(event_ids(app, marketing + distributed)) and set(refs.values()) == {1}
+
+
+def online_gateways(app, ready, monkeypatch, count: int, parallel: int) -> list[sync.CrmGateway]:
+    """``count`` gateways of one online integration, as ``count`` workers would each hold one.
+
+    ``parallel`` is SYNC_PARALLEL_BATCHES. The connector's in-process throttles start afresh: the same
+    integration id on the other database must not find this one's.
+    """
+    use_online(app, ready)
+    app.config["SYNC_PARALLEL_BATCHES"] = parallel
+    monkeypatch.setattr(webapi, "_THROTTLES", {})
+    with app.app_context():
+        integ = db.session.get(CrmIntegration, ready["integration_id"])
+        gateways = [sync.CrmGateway(integ, parallel) for _ in range(count)]
+        db.session.remove()
+    return gateways
+
+
+def lead_creates(prefix: str, n: int) -> list[CreateRequest]:
+    """Creates of ``n`` leads, one email each."""
+    return [CreateRequest("lead", {"lastname": f"Last{i}", "emailaddress1": f"{prefix}{i}@example.net"})
+            for i in range(n)]
+
+
+def test_a_burst_of_429s_met_by_one_worker_halves_the_limit_every_worker_uses_once(app, ready, monkeypatch):
+    """Dynamics 365 online: 429s lower the integration's limit in Redis at once, once per Retry-After window.
+
+    One worker's four batches meet a CRM that takes one request at a time: three are refused together. The
+    other worker (its own gateway) then finds the limit halved, once for the burst, not once per refusal; the
+    refused batches still wait out Retry-After and go again, and every record is there once.
+    """
+    crm = ready["crm"]
+    first, other = online_gateways(app, ready, monkeypatch, 2, 4)
+    try:
+        first.service().who_am_i()
+        assert other.slots.limit() == 4
+        first.writer.batch_size = 25
+        crm.set_faults(max_concurrent_requests=1, latency_ms=300, throttle_retry_after=2)
+        started = time.monotonic()
+        results = first.write(lead_creates("burst", 100))  # four batches at once
+        took = time.monotonic() - started
+        throttled = crm.stats()["faults"].get("throttle", 0)
+        limit = other.slots.limit()
+    finally:
+        first.close()
+        other.close()
+        crm.clear_faults()
+    assert [r.ok for r in results] == [True] * 100, [r.error for r in results if not r.ok][:3]
+    assert throttled >= 2  # several batches were refused in one burst
+    assert took >= 2  # and waited out Retry-After before going again
+    assert limit == 2  # every worker's limit, halved once for the burst
+    counts = emails_in_crm(crm)
+    assert len(counts) == 100 and set(counts.values()) == {1}
+
+
+def test_the_dop_hint_caps_the_batches_in_flight_of_every_worker(app, ready, monkeypatch):
+    """x-ms-dop-hint below SYNC_PARALLEL_BATCHES: two workers writing at once never have more batches in flight."""
+    crm = ready["crm"]
+    gateways = online_gateways(app, ready, monkeypatch, 2, 4)
+    crm.set_faults(dop_hint=2, latency_ms=200)
+    results: dict[int, list] = {}
+    try:
+        for gateway in gateways:
+            gateway.writer.batch_size = 20
+            gateway.service().who_am_i()  # a worker's first answer names the hint (a run reads before it writes)
+        assert [g.slots.limit() for g in gateways] == [2, 2]
+        threads = [threading.Thread(target=lambda k=k, g=g: results.update({k: g.write(lead_creates(f"dop{k}-", 160))}))
+                   for k, g in enumerate(gateways)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        peak = crm.stats()["batch_peak"]
+    finally:
+        for gateway in gateways:
+            gateway.close()
+        crm.clear_faults()
+    assert sorted(results) == [0, 1] and all(r.ok for k in results for r in results[k])
+    print(f"most $batch requests in flight: {peak} (hint 2, SYNC_PARALLEL_BATCHES 4)")
+    assert peak == 2  # up to the hint, never beyond it
+    counts = emails_in_crm(crm)
+    assert len(counts) == 320 and set(counts.values()) == {1}
 
 
 @pytest.mark.parametrize("kind", ["onprem", "online"])

@@ -38,6 +38,7 @@ log = logging.getLogger("portal.connectors.dynamics")
 
 DEFAULT_MAX_RESPONSE_BYTES = 50 * 1024 * 1024
 DEFAULT_USER_AGENT = "crm-portal-dynamics-connector/1.0"
+MAX_RETRY_AFTER = 300.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,6 +96,28 @@ class HttpResponse:
     def text(self) -> str:
         """The body decoded as UTF-8 (replacing undecodable bytes)."""
         return self.content.decode("utf-8", errors="replace")
+
+
+def parse_retry_after(value: str | None, default: float = 5.0) -> float:
+    """Seconds to wait from a Retry-After header: seconds (possibly fractional) or hh:mm:ss."""
+    if not value:
+        return default
+    text = value.strip()
+    try:
+        if ":" in text:
+            h, m, s = text.split(":")
+            seconds = int(h) * 3600 + int(m) * 60 + float(s)
+        else:
+            seconds = float(text)
+    except ValueError:
+        return default
+    return max(0.0, min(MAX_RETRY_AFTER, seconds))
+
+
+def parse_dop_hint(value: str | None) -> int | None:
+    """The recommended degree of parallelism of an x-ms-dop-hint header (Dynamics 365 online), or None."""
+    text = (value or "").strip()
+    return int(text) if text.isdigit() and 0 < int(text) < 10_000 else None
 
 
 # ---------------------------------------------------------------- secrets in logs
@@ -240,10 +263,13 @@ class Gate(Protocol):
         """Wait for a turn (or raise a DynamicsError saying why there is none) and keep it for the exchange."""
         ...
 
-    def busy(self) -> None:
-        """The CRM asked us to slow down (HTTP 429): fewer requests should be in its hands at once."""
+    def busy(self, retry_after: float = 0.0) -> None:
+        """The CRM asked us to slow down (HTTP 429, for ``retry_after`` seconds): fewer requests at once."""
         ...
 
+    def parallelism(self, hint: int) -> None:
+        """The CRM recommends at most ``hint`` requests in its hands at once (x-ms-dop-hint)."""
+        ...
 
 
 def _find_cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
@@ -337,8 +363,16 @@ class Transport:
         with self.gate.hold():
             result = self._exchange(method, url, headers, data, deadline)
         if result.status == 429:
-            self.gate.busy()
+            self.throttled(parse_retry_after(result.headers.get("Retry-After")))
+        hint = parse_dop_hint(result.headers.get("x-ms-dop-hint"))
+        if hint is not None:
+            self.gate.parallelism(hint)
         return result
+
+    def throttled(self, retry_after: float) -> None:
+        """The CRM refused work for its limits (a 429, or one inside a batch's answer): the gate, if any, hears it."""
+        if self.gate is not None:
+            self.gate.busy(retry_after)
 
     def _exchange(self, method: str, url: str, headers: Mapping[str, str] | None, data: bytes | None,
                   deadline: float | None) -> HttpResponse:

@@ -45,7 +45,7 @@ from .soap import (
     iter_fetch,
 )
 from .soap import find_option_value as _find_option_value
-from .transport import GuardedAdapter, HttpResponse, Transport
+from .transport import GuardedAdapter, HttpResponse, Transport, parse_dop_hint, parse_retry_after
 from .xml import Entity, EntityPage, EntityReference, Label, Money, OptionMetadata, OptionSetValue, parse_xml
 
 log = logging.getLogger("portal.connectors.dynamics")
@@ -64,7 +64,6 @@ MAX_URL_LENGTH = 32 * 1024
 MAX_BATCH_URL_LENGTH = 64 * 1024
 PAGING_ROOM = 2048  # what page, count and the paging cookie of a later page may add to a query's URL
 MAX_THROTTLE_WAITS = 8  # 429s met by one request before it is handed back as Server Busy
-MAX_RETRY_AFTER = 300.0
 
 # Entity set names of the entities the sync uses; any other is read from the metadata once.
 ENTITY_SETS = {
@@ -108,27 +107,15 @@ class QueryTooLongError(FaultError):
     default_action = "Nothing to change in the settings: this is a fault in the portal; report it to support."
 
 
-def parse_retry_after(value: str | None, default: float = 5.0) -> float:
-    """Seconds to wait from a Retry-After header: seconds (possibly fractional) or hh:mm:ss."""
-    if not value:
-        return default
-    text = value.strip()
-    try:
-        if ":" in text:
-            h, m, s = text.split(":")
-            seconds = int(h) * 3600 + int(m) * 60 + float(s)
-        else:
-            seconds = float(text)
-    except ValueError:
-        return default
-    return max(0.0, min(MAX_RETRY_AFTER, seconds))
-
-
 class Throttle:
-    """Requests in flight to one environment: a limit that halves on each 429 and creeps back up after successes."""
+    """Requests in flight to one environment: a limit that halves on each 429 and creeps back up after successes.
+
+    It never goes above the configured limit, nor above the degree of parallelism the service recommends.
+    """
 
     def __init__(self, limit: int) -> None:
-        self.max_limit = max(1, limit)
+        self.configured = max(1, limit)
+        self.max_limit = self.configured
         self.limit = self.max_limit
         self.in_flight = 0
         self.not_before = 0.0
@@ -160,6 +147,15 @@ class Throttle:
                     self.limit += 1
                     self._good = 0
             self._cond.notify_all()
+
+    def recommend(self, hint: int) -> None:
+        """The service's recommended degree of parallelism (x-ms-dop-hint): at most that many requests at once."""
+        with self._cond:
+            top = max(1, min(self.configured, hint))
+            if top != self.max_limit:
+                self.max_limit = top
+                self.limit = min(self.limit, top)
+                self._cond.notify_all()
 
     def throttled(self, retry_after: float) -> None:
         """The service said 429: nobody sends before Retry-After is over, and fewer requests go at once."""
@@ -490,6 +486,9 @@ class WebApiService:
                 ok = resp.status != 429
             finally:
                 self.throttle.release(ok)
+            hint = parse_dop_hint(resp.headers.get("x-ms-dop-hint"))
+            if hint is not None:
+                self.throttle.recommend(hint)
             if resp.status != 429:
                 return resp
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -658,6 +657,7 @@ class WebApiService:
             if again:
                 waits += 1
                 self.throttle.throttled(retry_after)
+                self.transport.throttled(retry_after)  # and the portal's limit of every worker, through the gate
                 if waits >= MAX_THROTTLE_WAITS:
                     error = ThrottledError("Dynamics 365 kept refusing these records for its service protection "
                                            "limits.", retry_after=retry_after)
