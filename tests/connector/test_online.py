@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import ipaddress
@@ -34,7 +35,7 @@ from portal.connectors.dynamics.soap import (
     fetch_xml,
     set_fetch_paging,
 )
-from portal.connectors.dynamics.transport import MAX_RETRY_AFTER, parse_retry_after
+from portal.connectors.dynamics.transport import MAX_RETRY_AFTER, parse_dop_hint, parse_retry_after
 from portal.connectors.dynamics.webapi import (
     BatchPart,
     QueryTooLongError,
@@ -391,6 +392,46 @@ def test_concurrency_limit_lowers_parallelism(sb) -> None:  # noqa: ANN001
     assert service.throttle.events >= 1 and service.throttle.limit < 4
 
 
+class Listening:
+    """A gate that lets every exchange go and writes down what the CRM said of its load."""
+
+    def __init__(self) -> None:
+        self.busy_for: list[float] = []
+        self.hints: list[int] = []
+
+    def hold(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def busy(self, retry_after: float = 0.0) -> None:
+        self.busy_for.append(retry_after)
+
+    def parallelism(self, hint: int) -> None:
+        self.hints.append(hint)
+
+
+def test_the_gate_hears_each_429_with_its_retry_after_and_the_recommended_parallelism(sb) -> None:  # noqa: ANN001
+    """What the portal builds every worker's limit from: 429s on requests and inside a $batch, and x-ms-dop-hint."""
+    sb.set_faults(throttle_every_nth=2, throttle_retry_after=1, dop_hint=3)
+    service, transport = open_service(config(sb, max_parallel=8))
+    gate = Listening()
+    transport.gate = gate
+    tag = uuid.uuid4().hex[:8]
+    with transport:
+        service.who_am_i()
+        service.who_am_i()  # refused once, for a second, then answered
+        assert gate.busy_for == [1.0]
+        assert gate.hints and set(gate.hints) == {3}
+        assert service.throttle.max_limit == 3 and service.throttle.limit <= 3  # this process keeps to it too
+        sb.set_faults(throttle_every_nth=3, throttle_retry_after=0, throttle_scope="operation", dop_hint=16)
+        results = service.execute_multiple([CreateRequest("lead", {"lastname": f"G{tag}", "firstname": str(i)})
+                                            for i in range(9)])
+    assert all(r.ok for r in results)
+    # Nine operations, every third refused: two rounds of the batch met 429s (3 of 9, then 1 of 3), each told once.
+    assert gate.busy_for == [1.0, 0.0, 0.0]
+    assert gate.hints[-1] == 16 and service.throttle.max_limit == 8  # never above the configured parallelism
+    assert sorted(int(r["firstname"]) for r in sb.records("lead", lastname=f"G{tag}")) == list(range(9))
+
+
 # ---------------------------------------------------------------- pure parts
 
 
@@ -398,6 +439,23 @@ def test_retry_after_forms() -> None:
     assert parse_retry_after("3") == 3 and parse_retry_after("00:01:05") == 65
     assert parse_retry_after(None, 5) == 5 and parse_retry_after("soon", 2) == 2
     assert parse_retry_after("99999") == MAX_RETRY_AFTER
+
+
+def test_dop_hint_forms() -> None:
+    assert parse_dop_hint("4") == 4 and parse_dop_hint(" 12 ") == 12
+    assert [parse_dop_hint(v) for v in (None, "", "0", "-2", "four", "1.5", "99999")] == [None] * 7
+
+
+def test_throttle_keeps_to_the_recommended_parallelism() -> None:
+    throttle = Throttle(8)
+    throttle.recommend(3)
+    assert throttle.limit == 3 and throttle.max_limit == 3
+    throttle.recommend(50)
+    assert throttle.max_limit == 8 and throttle.limit == 3  # back up by successes, as after a 429
+    for _ in range(20):
+        throttle.acquire()
+        throttle.release()
+    assert throttle.limit == 4
 
 
 def test_throttle_halves_and_recovers() -> None:

@@ -197,6 +197,38 @@ def lead_creates(prefix: str, n: int) -> list[CreateRequest]:
             for i in range(n)]
 
 
+def test_the_limit_is_the_least_of_the_setting_the_halving_and_the_hint_and_halves_once_a_window(app, ready):
+    """Slots of two workers: the CRM's hint caps the limit, never above the setting; a burst halves it once."""
+    from portal.sync import inflight
+
+    iid = ready["integration_id"]
+    app.config["SYNC_PARALLEL_BATCHES"] = 4
+    with app.app_context():
+        one, other = inflight.Slots(iid), inflight.Slots(iid)
+    one.hint(8)
+    assert other.limit() == 4  # a hint above the setting: the setting
+    assert one.busy(0.5) and other.limit() == 2
+    assert not other.busy(0.5) and not one.busy() and other.limit() == 2  # the same burst: halved once
+    started = time.monotonic()
+    wait_for(other.busy, 5, "the window of the first halving to end")
+    assert time.monotonic() - started >= 0.4 and one.limit() == 1
+    one.hint(3)
+    token = other.acquire(1)
+    with pytest.raises(inflight.NoSlot):  # one in flight: the most while halved twice
+        one.acquire(0.2)
+    other.release(token)
+    for expected in (2, 3, 3):  # climbs back a step per run of good answers, to the hint (below the setting)
+        for _ in range(inflight.CLIMB_AFTER):
+            one.good()
+        assert other.limit() == expected
+    assert not one.conn.exists(f"portal:busy-limit:{iid}")  # the halving is over; the hint alone caps
+    one.hint(1)
+    token = one.acquire(1)
+    with pytest.raises(inflight.NoSlot):
+        other.acquire(0.2)
+    one.release(token)
+
+
 def test_a_burst_of_429s_met_by_one_worker_halves_the_limit_every_worker_uses_once(app, ready, monkeypatch):
     """Dynamics 365 online: 429s lower the integration's limit in Redis at once, once per Retry-After window.
 
