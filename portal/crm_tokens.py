@@ -23,7 +23,7 @@ PREFIX = "portal:crm-token:"
 
 
 class RedisTokenCache:
-    """The connector's token cache on Redis: per integration key, the access token and its expiry, encrypted.
+    """The connector's token cache on Redis: per integration key, the token and its expiry, encrypted with the key.
 
     The value expires REFRESH_MARGIN before the token does, so no worker is handed a token about to lapse. The
     key is a digest (of tenant, client id, authority, scope and a hash of the secret), never the secret itself.
