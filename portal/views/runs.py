@@ -43,6 +43,11 @@ def _when(moment) -> str:
     return f'<time datetime="{moment.isoformat()}">{moment:{ledger.WHEN}}</time>'
 
 
+def _number(count) -> str:
+    """A count as the page writes it: an int as it is, anything else escaped (an int needs no escaping)."""
+    return str(count) if type(count) is int else str(escape(count))
+
+
 @bp.app_template_global()
 def run_row(run: SyncRun, run_url: str | None = None, focus: bool = False, announce: bool = False) -> Markup:
     """One run's line of the history, written in one call (the page draws fifty: a template call per cell cost more).
@@ -55,8 +60,8 @@ def run_row(run: SyncRun, run_url: str | None = None, focus: bool = False, annou
     if run_url is None:
         run_url = url_for("runs.detail", integration_id=run.integration_id, run_id=run_id).rpartition("/")[0] + "/"
     link = f"{escape(run_url)}{run_id}"
-    status = escape(run.status.value)
-    badge = _BADGES.get(run.status.value, "off")
+    status = run.status.value  # one of RunStatus's fixed words
+    badge = _BADGES.get(status, "off")
     done = run.done
     poll_attrs = ""
     if not done:
@@ -74,8 +79,8 @@ def run_row(run: SyncRun, run_url: str | None = None, focus: bool = False, annou
     started_cell = (_when(started) if started is not None
                     else f'<span class="muted">—</span><br><small class="muted">queued {_when(run.created_at)}</small>')
     failed = run.failed_count
-    failed_cell = f'<a href="{link}#failures">{escape(failed)}</a>' if failed else "0"
-    # Every value went through escape(), or is a number, a date or the progress macro's own markup.
+    failed_cell = f'<a href="{link}#failures">{_number(failed)}</a>' if failed else "0"
+    # Every text went through escape(); the rest are numbers, dates, fixed words or the progress macro's own markup.
     return Markup(  # noqa: S704
         f'<tr id="run-{run_id}" class="run-row" data-run="{run_id}" data-status="{status}"\n  {poll_attrs}>\n'
         f'  <th scope="row"><a href="{link}"{" data-focus" if focus else ""}>#{run_id}</a>{said}</th>\n'
@@ -84,10 +89,10 @@ def run_row(run: SyncRun, run_url: str | None = None, focus: bool = False, annou
         f"{dry}\n    {below}\n  </td>\n"
         f"  <td>{started_cell}</td>\n"
         f"  <td>{_when(finished)}</td>\n"
-        f"  <td data-duration>{escape(ledger.duration(run))}</td>\n"
-        f'  <td data-count="created">{escape(run.created_count)}</td>\n'
-        f'  <td data-count="updated">{escape(run.updated_count)}</td>\n'
-        f'  <td data-count="skipped">{escape(run.skipped_count)}</td>\n'
+        f"  <td data-duration>{ledger.duration(run)}</td>\n"
+        f'  <td data-count="created">{_number(run.created_count)}</td>\n'
+        f'  <td data-count="updated">{_number(run.updated_count)}</td>\n'
+        f'  <td data-count="skipped">{_number(run.skipped_count)}</td>\n'
         f'  <td data-count="failed">{failed_cell}</td>\n</tr>'
     )
 
