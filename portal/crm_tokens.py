@@ -23,7 +23,7 @@ PREFIX = "portal:crm-token:"
 
 
 class RedisTokenCache:
-    """The connector's token cache on Redis: per integration key, the access token and its expiry, encrypted.
+    """The connector's token cache on Redis: per integration key, the token and its expiry, encrypted with the key.
 
     The value expires REFRESH_MARGIN before the token does, so no worker is handed a token about to lapse. The
     key is a digest (of tenant, client id, authority, scope and a hash of the secret), never the secret itself.
@@ -48,7 +48,9 @@ class RedisTokenCache:
         try:
             data = json.loads(self.cipher.decrypt(raw))
             token, expires_at = str(data["token"]), float(data["expires_at"])
-        except (InvalidToken, ValueError, KeyError, TypeError):
+            if data["key"] != key:  # another integration's value, moved under this key: never served here
+                return None
+        except (InvalidToken, ValueError, KeyError, TypeError, RecursionError):
             return None  # written under a key since retired, or not ours: ask for a new token
         if expires_at - REFRESH_MARGIN <= time.time():
             return None
@@ -59,7 +61,7 @@ class RedisTokenCache:
         ttl = int(expires_at - REFRESH_MARGIN - time.time())
         if ttl <= 0:
             return
-        value = self.cipher.encrypt(json.dumps({"token": token, "expires_at": expires_at}).encode())
+        value = self.cipher.encrypt(json.dumps({"key": key, "token": token, "expires_at": expires_at}).encode())
         try:
             self.conn.set(PREFIX + key, value, ex=ttl)
         except RedisError as exc:

@@ -23,6 +23,9 @@ _PREPARED = {
     widgets.HiddenInput, widgets.CheckboxInput, widgets.RadioInput, widgets.TelInput, widgets.SearchInput,
 }
 _QUOTE = '"'
+# Values whose equality means the same drawing, given their type: only these key the prepared attributes. Others
+# can be equal yet drawn apart (-0.0 and 0.0, Decimal("1.0") and Decimal("1.00"), (True,) and (1,)): drawn per call.
+_KEYABLE = {str, Markup, int, bool, type(None)}
 
 
 def attribute(key: str, value: Any) -> str | None:
@@ -67,9 +70,9 @@ def draw_input(field: Any, render_kw: dict[str, Any]) -> Markup:
             kwargs[key] = value() if callable(value) else value
     kwargs["name"] = field.name
     static, slots = tuple((key, type(value), value) for key, value in kwargs.items()), tuple(dynamic)
-    try:
+    if all(kind in _KEYABLE for _key, kind, _value in static):
         prepared = _prepared(static, slots)
-    except TypeError:  # a value that cannot be a cache key (a list…): prepared for this call only
+    else:  # a value that cannot key the prepared attributes (a list, a float…): prepared for this call only
         prepared = _prepared.__wrapped__(static, slots)
     parts = []
     for drawn in prepared:

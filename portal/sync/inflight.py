@@ -24,10 +24,14 @@ CLIMB_AFTER = 20  # good answers in a row before a halved limit goes up by one
 LIMIT_SECONDS = 3600  # a halved limit is forgotten after an hour without Server Busy
 
 WAITER_SECONDS = 5  # a connection test waiting for a slot is forgotten this long after it last asked
+# A connection test's slot, should its worker be killed: its job ends within 60 s (views/integrations), so an entry
+# this old belongs to no one, and the integration's sync gets its slot back soon, not after SLOT_SECONDS.
+TEST_SLOT_SECONDS = 120
 
-# Take a slot if fewer than ARGV[1] live entries are held (expired entries are dropped first). Connection tests
-# (ARGV[5] = 1) go first: while one waits, batches do not take a slot that comes free, so a person waiting for
-# the result of a test never waits for more than the batches in flight.
+# Take a slot if fewer than ARGV[1] live entries are held (expired entries are dropped first); the entry lives
+# ARGV[7] seconds, the set at least ARGV[3]. Connection tests (ARGV[5] = 1) go first: while one waits, batches do
+# not take a slot that comes free, so a person waiting for the result of a test never waits for more than the
+# batches in flight.
 _ACQUIRE = """
 local now = tonumber(ARGV[2])
 redis.call('zremrangebyscore', KEYS[1], '-inf', now)
@@ -38,7 +42,7 @@ if not first then
   taken = taken + redis.call('zcard', KEYS[2])
 end
 if taken < tonumber(ARGV[1]) then
-  redis.call('zadd', KEYS[1], now + tonumber(ARGV[3]), ARGV[4])
+  redis.call('zadd', KEYS[1], now + tonumber(ARGV[7]), ARGV[4])
   redis.call('expire', KEYS[1], tonumber(ARGV[3]))
   redis.call('zrem', KEYS[2], ARGV[4])
   return 1
@@ -99,22 +103,23 @@ class Slots:
         """How many slots are held now, by every worker together."""
         return int(self.conn.zcount(_key(self.integration_id), time.time(), "+inf"))
 
-    def _take(self, token: str, first: bool) -> bool:
+    def _take(self, token: str, first: bool, lifetime: float) -> bool:
         return bool(self._acquire(keys=[_key(self.integration_id), _waiting_key(self.integration_id)],
                                   args=[self.limit(), time.time(), SLOT_SECONDS, token, int(first),
-                                        WAITER_SECONDS]))
+                                        WAITER_SECONDS, min(lifetime, SLOT_SECONDS)]))
 
     def acquire(self, wait: float | None = None, *, first: bool = False,
-                on_wait: Callable[[], None] | None = None) -> str:
+                on_wait: Callable[[], None] | None = None, lifetime: float = SLOT_SECONDS) -> str:
         """Take one slot, waiting for one to come free (``NoSlot`` after ``wait``); the token gives it back.
 
         ``first``: a connection test, which takes the next slot that comes free before any batch does.
-        ``on_wait`` is called once, when the slot is not free at the first ask.
+        ``on_wait`` is called once, when the slot is not free at the first ask. ``lifetime``: how long the slot
+        stays taken should its holder never give it back (a killed worker).
         """
         token = uuid.uuid4().hex
         deadline = None if wait is None else time.monotonic() + wait
         delay = 0.01
-        while not self._take(token, first):
+        while not self._take(token, first, lifetime):
             if on_wait is not None:
                 on_wait()
                 on_wait = None
@@ -191,7 +196,7 @@ class Turn:
             taken = self._token is not None
         if not taken:  # the test's requests come one after another: only the first one waits
             try:
-                token = self.slots.acquire(self.wait, first=True, on_wait=self._waiting)
+                token = self.slots.acquire(self.wait, first=True, on_wait=self._waiting, lifetime=TEST_SLOT_SECONDS)
             except NoSlot as exc:
                 raise CrmInUseError(
                     f"The CRM is busy with this integration's sync: {self.slots.limit()} requests were in its "

@@ -189,3 +189,30 @@ def test_a_waiting_connection_test_takes_the_next_free_slot_before_any_batch(app
         turn.close()
         second.release()
     assert batches.held() == 0
+
+
+def test_the_slot_of_a_killed_connection_test_comes_back_soon(app, partner_admin, monkeypatch):
+    """A test whose worker dies holding its slot (never closed) frees it within minutes; a batch's slot lasts."""
+    import time
+    import types
+
+    from portal.sync import inflight
+
+    iid = partner_admin["integration_id"]
+    app.config["SYNC_PARALLEL_BATCHES"] = 2
+    with app.app_context():
+        turn = inflight.Turn(iid, wait=5)
+        batches = inflight.Slots(iid)
+    with turn.hold():
+        pass  # the test's first request: its slot is taken, and the worker is killed before ``close``
+    batch = batches.acquire(wait=1)
+    try:
+        later = time.time() + inflight.TEST_SLOT_SECONDS + 1
+        monkeypatch.setattr(inflight, "time", types.SimpleNamespace(
+            time=lambda: later, monotonic=time.monotonic, sleep=time.sleep))
+        with batches.slot(wait=1):  # the killed test's slot is free again
+            assert batches.held() == 2  # this one and the older batch's, which lives on
+    finally:
+        monkeypatch.undo()
+        batches.release(batch)
+        batches.conn.delete(f"portal:inflight:{iid}")

@@ -180,9 +180,11 @@ def test_workers_share_the_token_through_redis_encrypted_and_expiring_first(app,
             second.close()
         assert crm.stats()["tokens_issued"] == before + 1
         raw = conn.get(key)
-        # Only the token and its expiry, encrypted with the portal's keys: neither the token nor the secret in clear.
+        # Only the token, its expiry and the key it is kept under, encrypted with the portal's keys: neither the
+        # token nor the secret in clear.
         assert token.encode() not in raw and crm.client_secret.encode() not in raw
-        assert json.loads(fernet().decrypt(raw)).keys() == {"token", "expires_at"}
+        kept = json.loads(fernet().decrypt(raw))
+        assert kept.keys() == {"key", "token", "expires_at"} and kept["key"] == config_for(integ).fingerprint()
         assert crm.client_secret not in key and crm.client_id not in key
         assert 0 < conn.ttl(key) <= 3600 - 300  # gone before the token expires
         conn.delete(key)

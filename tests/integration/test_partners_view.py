@@ -32,6 +32,9 @@ def test_supplier_sees_state_of_its_partners_only(app, factory, auth, client):
     for secret in ("alpha-crm-user", "beta-crm-user", "Alpha-Secret-1", "127.0.0.1:9", "Check the password"):
         assert secret not in text
     assert "See your partners' CRM connections" in client.get("/settings/crm").text
+    # The counts, with the rows and on a page of none, are of this supplier's partners only.
+    for counted in (text, client.get("/settings/partners?page=2").text):
+        assert "All: 3" in counted and "On: 1" in counted and "Off: 1" in counted and "Error: 1" in counted
 
 
 def test_partners_page_is_for_suppliers(partner_admin, client):

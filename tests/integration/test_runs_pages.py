@@ -388,7 +388,9 @@ def test_runs_of_another_organization_are_404(app, factory, partner_admin, clien
     mine = partner_admin["integration_id"]
     token = auth.token()
     for path in (f"/settings/crm/{mine}/runs/{other_run}", f"/settings/crm/{mine}/runs/{other_run}/status",
+                 f"/settings/crm/{mine}/runs/{other_run}/status?part=body",
                  f"/settings/crm/{mine}/runs/{other_run}/failures.csv", f"/settings/crm/{other_iid}/runs",
+                 f"/settings/crm/{other_iid}/runs?before={other_run + 1}",
                  f"/settings/crm/{other_iid}/runs/{other_run}"):
         resp = client.get(path)
         assert resp.status_code == 404, path
@@ -397,6 +399,7 @@ def test_runs_of_another_organization_are_404(app, factory, partner_admin, clien
                        headers={"X-CSRFToken": token})
     assert resp.status_code == 404
     assert "other-trigger" not in client.get(f"/settings/crm/{mine}/runs").text
+    assert "other-trigger" not in client.get(f"/settings/crm/{mine}/runs?before={other_run + 1}").text
     # and the other organization's administrator sees it
     client.post("/logout", data={"csrf_token": token})
     auth.login("admin@other.example", PASSWORD)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from flask import Flask
 from markupsafe import Markup
@@ -124,3 +126,13 @@ def test_equal_values_of_other_types_are_not_confused():
         for value in (first, second):
             assert str(form.name(title=value)) == str(form.name.widget(form.name, title=value)), repr(value)
     assert 'title="&lt;i&gt;x&lt;/i&gt;"' in str(form.name(title="<i>x</i>"))
+
+
+@pytest.mark.parametrize(("first", "second"), [
+    (0.0, -0.0), (Decimal("1.0"), Decimal("1.00")), ((1,), (True,)), (frozenset({1}), frozenset({True})),
+])
+def test_equal_values_drawn_apart_are_not_served_from_each_other(first, second):
+    """Values equal to each other (and of one type) that draw differently: each call draws its own value."""
+    form = forms.TokenForm(formdata=None, meta={"csrf": False})
+    for value in (first, second, first):
+        assert str(form.name(title=value)) == str(form.name.widget(form.name, title=value)), repr(value)
