@@ -18,7 +18,7 @@ from portal import ledger, queues
 from portal.extensions import db
 from portal.models import CrmIntegration, utcnow
 from portal.platform_models import RunStatus, SyncFailure, SyncRun
-from portal.views.runs import run_row
+from portal.views.runs import run_row, status_badge, when
 
 from ..conftest import PASSWORD, count_statements
 from .sync_helpers import configure, make_leads
@@ -437,10 +437,14 @@ def test_run_lines_write_what_the_macro_wrote_and_escape_every_value(app, partne
     ]
     with app.test_request_context():
         before = RUN_ROW_BEFORE.read_text()
-        old_row = app.jinja_env.from_string(before, globals={"old_cells": _old_cells}).module.run_row
+        old = app.jinja_env.from_string(before, globals={"old_cells": _old_cells}).module
+        old_row = old.run_row
         run_url = url_for("runs.detail", integration_id=iid, run_id=0).rpartition("/")[0] + "/"
         for run_id in ids:
             run = db.session.get(SyncRun, run_id)
+            assert status_badge(run) == str(old.status_badge(run))
+            for moment in (run.created_at, run.started_at, run.finished_at):
+                assert when(moment) == str(old.when(moment))
             for url in (None, run_url):
                 for focus, announce in ((False, False), (True, False), (True, True), (False, True)):
                     expected = str(old_row(run, url, focus=focus, announce=announce))
