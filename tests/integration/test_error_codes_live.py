@@ -31,7 +31,7 @@ PATH = "/demo/XRMServices/2011/Organization.svc/web"
 MISSING_ID = "00000000-0000-0000-0000-0000000000a1"
 
 # Transient failures: the portal may simply try again later. Everything else needs a person to act.
-RETRYABLE = {"timeout", "server_busy", "server_error", "transient"}
+RETRYABLE = {"timeout", "server_busy", "server_error", "transient", "crm_in_use"}
 
 
 def config(crm, **kw) -> ConnectionConfig:
@@ -266,7 +266,24 @@ def transient(crm, stack: ExitStack) -> DynamicsError:
     return item.error
 
 
-SCENARIOS: dict[str, Callable[[object, ExitStack], DynamicsError]] = {
+def crm_in_use(crm, stack: ExitStack, app) -> DynamicsError:
+    """Every in-flight slot of the integration held (in Redis) by a run's batches: the test gets no turn."""
+    from portal.sync import inflight
+
+    stack.enter_context(app.app_context())
+    slots = inflight.Slots(990_001)  # an integration of its own: its keys are not another test's
+    tokens = [slots.acquire(1) for _ in range(slots.limit())]
+    stack.callback(lambda: [slots.release(token) for token in tokens])
+    turn = inflight.Turn(990_001, wait=0.3)
+    stack.callback(turn.close)
+    before = sum(crm.stats()["http"].values())
+    result = test_connection(config(crm), gate=turn)
+    assert not result.ok and result.error is not None and result.steps[-1].ok is False, result.to_dict()
+    assert sum(crm.stats()["http"].values()) == before  # nothing was sent beside the run's batches
+    return result.error
+
+
+SCENARIOS: dict[str, Callable[..., DynamicsError]] = {
     "invalid_url": invalid_url,
     "blocked_url": blocked_url,
     "unreachable": unreachable,
@@ -286,12 +303,26 @@ SCENARIOS: dict[str, Callable[[object, ExitStack], DynamicsError]] = {
     "batch_too_large": batch_too_large,
     "transient": transient,
 }
+# Made to happen by the portal around the connector (its Redis slots): these scenarios take the app too.
+APP_SCENARIOS: dict[str, Callable[..., DynamicsError]] = {"crm_in_use": crm_in_use}
 
 
 @pytest.mark.parametrize("code", list(SCENARIOS))
 def test_error_code_happens_for_real(crm, code: str) -> None:
     with ExitStack() as stack:
         err = SCENARIOS[code](crm, stack)
+    check_error(err, code)
+
+
+@pytest.mark.parametrize("code", list(APP_SCENARIOS))
+def test_error_code_happens_for_real_in_the_portal(app, crm, code: str) -> None:
+    with ExitStack() as stack:
+        err = APP_SCENARIOS[code](crm, stack, app)
+    check_error(err, code)
+
+
+def check_error(err: DynamicsError, code: str) -> None:
+    """The error has its code, says whether it is worth retrying, and what happened and what to do."""
     assert err.code == code, repr(err)
     assert err.retryable is (code in RETRYABLE)
     assert err.message.strip() and err.action.strip()
@@ -301,4 +332,4 @@ def test_error_code_happens_for_real(crm, code: str) -> None:
 def test_every_code_of_the_connector_has_a_live_scenario() -> None:
     classes = [c for c in vars(errors_module).values()
                if isinstance(c, type) and issubclass(c, DynamicsError) and c is not DynamicsError]
-    assert {c.code for c in classes} == set(SCENARIOS)
+    assert {c.code for c in classes} == set(SCENARIOS) | set(APP_SCENARIOS)
