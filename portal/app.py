@@ -9,6 +9,7 @@ from flask import Flask, render_template, request
 from . import assets, cli, queues
 from .config import load_config
 from .extensions import csrf, db, login_manager, migrate
+from .widgets import labelled_field
 from .wording import counted
 
 
@@ -51,6 +52,8 @@ def create_app(overrides: dict | None = None) -> Flask:
     _security_headers(app)
     app.jinja_env.globals["platform_name"] = app.config["PLATFORM_NAME"]
     app.jinja_env.filters["counted"] = counted
+    # A form field with its label, help and errors: one Python call (Edit Settings draws twenty a page).
+    app.jinja_env.globals["labelled_field"] = labelled_field
     return app
 
 

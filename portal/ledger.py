@@ -6,7 +6,6 @@ import csv
 import io
 from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import bindparam, func, select
@@ -197,30 +196,6 @@ def finish_sentence(run: SyncRun) -> str:
     if run.status == RunStatus.partial:
         return f"{what} finished with {counted(run.failed_count, 'failed record')}: {run.message}."
     return f"{what} finished: {run.message}."
-
-
-class RunCells(NamedTuple):
-    """What a run's line in the history writes out: its kind, status, dates (ISO and for a person) and duration."""
-
-    kind: str
-    status: str
-    done: bool
-    started_iso: str
-    started: str
-    finished_iso: str
-    finished: str
-    duration: str
-
-
-def run_cells(run: SyncRun) -> RunCells:
-    """A run's line of the history, written out in one call (fifty lines a page: a template call each cost more)."""
-    started, finished = run.started_at, run.finished_at
-    return RunCells(
-        kind=kind_label(run), status=run.status.value, done=run.done,
-        started_iso=started.isoformat() if started else "", started=f"{started:{WHEN}}" if started else "",
-        finished_iso=finished.isoformat() if finished else "", finished=f"{finished:{WHEN}}" if finished else "",
-        duration=duration(run),
-    )
 
 
 def csv_safe(value: object) -> str:

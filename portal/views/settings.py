@@ -6,6 +6,7 @@ import functools
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from markupsafe import Markup, escape
 from sqlalchemy import Integer, Select, bindparam, case, func, select
 
 from .. import catalog, jobs_state, lifecycle
@@ -119,16 +120,22 @@ def _partner_queries(wanted: str) -> tuple[Select, Select]:
     return rows, select(every.c.state, func.count()).group_by(every.c.state)
 
 
-def _partner_line(row) -> tuple[str, str, str, str, str]:
-    """A partner's line, written out once in Python: (name, state, state's label, last test, problem since).
+def _partner_line(row) -> Markup:
+    """A partner's line of the table, written in one call: name, state, last connection test, problem since.
 
-    A hundred lines a page: each date formatted and each enum read in the template cost more than the rest.
+    A hundred lines a page: each value read, formatted and escaped in the template cost more than the rest.
     """
     state = IntegrationState[row.state]
+    name = escape(row.name)
     tested = (f"{'Passed' if row.last_test_ok else 'Failed'} · {row.last_test_at:%Y-%m-%d %H:%M UTC}"
-              if row.last_test_at else "")
+              if row.last_test_at else '<span class="muted">Not tested</span>')
     problem = f"{row.error_at:%Y-%m-%d %H:%M UTC}" if row.error_at else ""
-    return row.name, state.name, state.value, tested, problem
+    # The name went through escape(); the rest are the state's fixed words and formatted dates.
+    return Markup(  # noqa: S704
+        f'<tr data-partner="{name}">\n      <th scope="row">{name}</th>\n'
+        f'      <td><span class="badge badge-{state.name}" data-state="{state.value}">{state.value}</span></td>\n'
+        f"      <td>{tested}</td>\n      <td>{problem}</td>\n    </tr>"
+    )
 
 
 @bp.route("/partners")

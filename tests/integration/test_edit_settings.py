@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from flask import render_template
 
 from portal.extensions import db
-from portal.models import AuditLog, CrmIntegration
+from portal.models import AuditLog, CrmIntegration, Organization
 
 WEB = "http://127.0.0.1:5555/demo/XRMServices/2011/Organization.svc/web"
 
@@ -199,3 +202,40 @@ def test_cutting_long_values_is_an_advanced_option(partner_admin, client, auth, 
     assert resp.status_code == 200 and integ(app, iid).cut_long_values is True
     resp = post(client, auth, iid, "advanced", {"event_types": ["email_open"]})
     assert resp.status_code == 200 and integ(app, iid).cut_long_values is False
+
+
+FIELD_MACRO_BEFORE = Path(__file__).resolve().parents[1] / "fixtures" / "markup" / "field_macro_before.html"
+HOSTILE = 'say "hi" & <b>bye</b> \'single\' \x01\x1f\x7f'
+JUNK = {"general": {"supplier_id": "x<", "record_leads_as": HOSTILE},
+        "connection": {"connection_kind": "onprem", "username": HOSTILE, "password": "", "org_url": "ftp://<x>&\"",
+                       "odata_url": HOSTILE, "domain": HOSTILE, "organization_name": HOSTILE},
+        "usage": {"marketing_automation": "y", "ma_score_threshold": HOSTILE},
+        "advanced": {"event_types": HOSTILE, "campaign_data_level": HOSTILE}}
+
+
+@pytest.mark.parametrize("state", ["clean", "errors", "saved"])
+def test_sections_draw_the_fields_as_the_macro_did(app, factory, partner_admin, state):
+    """Every section, drawn with the fields in Python and with the old macro: the same bytes."""
+    from portal.views.integrations import _context, build_forms
+
+    factory.org("Second Supplier", "supplier")
+    with app.app_context():
+        row = db.session.get(CrmIntegration, partner_admin["integration_id"])
+        row.organization.suppliers.append(
+            db.session.scalars(db.select(Organization).where(Organization.name == "Second Supplier")).one())
+        row.username, row.domain, row.organization_name = HOSTILE, HOSTILE, HOSTILE
+        db.session.commit()
+    for section, junk in JUNK.items():
+        posted = {f"{section}-{key}": value for key, value in junk.items()} if state == "errors" else None
+        with app.test_request_context(method="POST" if posted else "GET", data=posted):
+            row = db.session.get(CrmIntegration, partner_admin["integration_id"])
+            forms = build_forms(row, posted=section if posted else None)
+            if posted:
+                assert not forms[section].validate() and forms[section].errors, section
+            ctx = _context(row, forms, saved=section if state == "saved" else None)
+            old_field = app.jinja_env.from_string(FIELD_MACRO_BEFORE.read_text()).module.field
+            drawn = render_template(f"integrations/_{section}.html", **ctx)
+            assert drawn == render_template(f"integrations/_{section}.html", labelled_field=old_field, **ctx), section
+            assert "<b>" not in drawn
+            if state == "errors":
+                assert 'aria-invalid="true"' in drawn or "data-announce" in drawn, section

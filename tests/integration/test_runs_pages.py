@@ -6,16 +6,19 @@ import csv
 import io
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+from flask import url_for
 from rq import SimpleWorker
 from rq.job import Job
 from sqlalchemy import select
 
-from portal import queues
+from portal import ledger, queues
 from portal.extensions import db
 from portal.models import CrmIntegration, utcnow
 from portal.platform_models import RunStatus, SyncFailure, SyncRun
+from portal.views.runs import run_row, status_badge, when
 
 from ..conftest import PASSWORD, count_statements
 from .sync_helpers import configure, make_leads
@@ -401,3 +404,52 @@ def test_runs_of_another_organization_are_404(app, factory, partner_admin, clien
     client.post("/logout", data={"csrf_token": token})
     auth.login("admin@other.example", PASSWORD)
     assert "other-trigger" in client.get(f"/settings/crm/{other_iid}/runs").text
+
+
+# ------------------------------------------------------------------------------------- a run's line, in Python
+RUN_ROW_BEFORE = Path(__file__).resolve().parents[1] / "fixtures" / "markup" / "run_row_macro_before.html"
+HOSTILE = 'say "hi" & <b>bye</b> \'single\' \x01\x1f\x7f'
+
+
+def _old_cells(run: SyncRun) -> dict:
+    started, finished = run.started_at, run.finished_at
+    return {"kind": ledger.kind_label(run), "status": run.status.value, "done": run.done,
+            "started_iso": started.isoformat() if started else "",
+            "started": f"{started:{ledger.WHEN}}" if started else "",
+            "finished_iso": finished.isoformat() if finished else "",
+            "finished": f"{finished:{ledger.WHEN}}" if finished else "", "duration": ledger.duration(run)}
+
+
+def test_run_lines_write_what_the_macro_wrote_and_escape_every_value(app, partner_admin):
+    iid = partner_admin["integration_id"]
+    now = utcnow()
+    ids = [
+        add_run(app, iid),
+        add_run(app, iid, trigger=HOSTILE, message=HOSTILE, status=RunStatus.partial, failed_count=3),
+        add_run(app, iid, kind="manual", dry_run=True, status=RunStatus.failed, message="<script>x</script>",
+                failed_count=0),
+        add_run(app, iid, kind="push", trigger="", status=RunStatus.queued, started_at=None, finished_at=None),
+        add_run(app, iid, kind="retry", status=RunStatus.running, started_at=now - timedelta(hours=2), finished_at=None,
+                current_step="push_marketing_leads",
+                progress_done=2, progress_total=5),
+        add_run(app, iid, status=RunStatus.queued, started_at=None, finished_at=None,
+                created_at=now - timedelta(minutes=5)),
+    ]
+    with app.test_request_context():
+        before = RUN_ROW_BEFORE.read_text()
+        old = app.jinja_env.from_string(before, globals={"old_cells": _old_cells}).module
+        old_row = old.run_row
+        run_url = url_for("runs.detail", integration_id=iid, run_id=0).rpartition("/")[0] + "/"
+        for run_id in ids:
+            run = db.session.get(SyncRun, run_id)
+            assert status_badge(run) == str(old.status_badge(run))
+            for moment in (run.created_at, run.started_at, run.finished_at):
+                assert when(moment) == str(old.when(moment))
+            for url in (None, run_url):
+                for focus, announce in ((False, False), (True, False), (True, True), (False, True)):
+                    expected = str(old_row(run, url, focus=focus, announce=announce))
+                    assert run_row(run, url, focus=focus, announce=announce) == expected, (run_id, url, focus, announce)
+        drawn = run_row(db.session.get(SyncRun, ids[1]), announce=True)
+    assert "<b>" not in drawn and "\x01\x1f\x7f" in drawn
+    # The trigger, the message and the finish sentence.
+    assert drawn.count("say &#34;hi&#34; &amp; &lt;b&gt;bye&lt;/b&gt; &#39;single&#39;") == 3
