@@ -109,6 +109,44 @@ class _Stop(Exception):
     """Internal: a step failed and the test ends."""
 
 
+class StepRunner:
+    """A connection test's steps as they happen: each one reported when it ends, the first failure ends the test.
+
+    ``on_fail`` may say a failure in other words (or tell the gate of a Server Busy) before it is kept.
+    """
+
+    def __init__(self, result: ConnectionTestResult, on_step: Callable[[Step], None] | None = None,
+                 on_fail: Callable[[str, DynamicsError], DynamicsError] | None = None):
+        self.result, self.on_step, self.on_fail = result, on_step, on_fail
+
+    def done(self, name: str, ok: bool, detail: str = "") -> None:
+        """Keep a step's outcome and report it."""
+        step = Step(name, ok, detail)
+        self.result.steps.append(step)
+        if self.on_step is not None:
+            self.on_step(step)
+
+    def fail(self, name: str, error: DynamicsError) -> None:
+        """The step failed: keep the error and end the test (``_Stop``)."""
+        if self.on_fail is not None:
+            error = self.on_fail(name, error)
+        self.result.error = error
+        self.done(name, False, error.message)
+        raise _Stop
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run a step's work; whatever goes wrong is reported as the step's failure, never a crash."""
+        try:
+            return fn()
+        except DynamicsError as exc:
+            self.fail(name, exc)
+        except _Stop:
+            raise
+        except Exception as exc:  # the test must report, not crash, whatever goes wrong
+            log.exception("Unexpected error in connection test step %s", name)
+            self.fail(name, DynamicsError(f"Unexpected error: {type(exc).__name__}.", detail=str(exc)[:500]))
+
+
 def _check_org_path(url: str) -> None:
     path = urlsplit(url).path.rstrip("/").lower()
     if path.endswith("/organization.svc"):
@@ -178,33 +216,17 @@ def test_connection(
     own_transport = transport is None
     until = time.monotonic() + time_limit
 
-    def done(name: str, ok: bool, detail: str = "") -> None:
-        step = Step(name, ok, detail)
-        result.steps.append(step)
-        if on_step is not None:
-            on_step(step)
-
-    def fail(name: str, error: DynamicsError) -> None:
+    def on_fail(name: str, error: DynamicsError) -> DynamicsError:
         if isinstance(error, RequestTimeoutError) and time.monotonic() >= until - 0.5:
             error = RequestTimeoutError(
                 f"The CRM did not answer within the {time_limit:.0f} s a connection test may take "
                 f"(it stopped at the step {name}).", detail=error.message)
         if gate is not None and isinstance(error, ServerBusyError):
             gate.busy()
-        result.error = error
-        done(name, False, error.message)
-        raise _Stop
+        return error
 
-    def run(name: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except DynamicsError as exc:
-            fail(name, exc)
-        except _Stop:
-            raise
-        except Exception as exc:  # the test must report, not crash, whatever goes wrong
-            log.exception("Unexpected error in connection test step %s", name)
-            fail(name, DynamicsError(f"Unexpected error: {type(exc).__name__}.", detail=str(exc)[:500]))
+    steps = StepRunner(result, on_step, on_fail)
+    done, fail, run = steps.done, steps.fail, steps.run
 
     t: Transport | None = transport
     try:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 from .auth import MemoryTokenCache, OnlineConfig, TokenProvider
-from .diagnostics import ConnectionTestResult, Step, _tcp_connect, _tls_handshake, check_read_access
+from .diagnostics import ConnectionTestResult, Step, StepRunner, _Stop, _tcp_connect, _tls_handshake, check_read_access
 from .errors import DynamicsError, InvalidUrlError, LeadSourceMissingError, ServerBusyError
 from .soap import find_option_value
 from .transport import Gate
 from .urlguard import CheckedUrl, check_url
 from .webapi import BearerTransport, ThrottledError, WebApiService
-
-log = logging.getLogger("portal.connectors.dynamics")
-
-
-class _Stop(Exception):
-    """Internal: a step failed and the test ends."""
 
 
 def test_online_connection(
@@ -34,30 +26,14 @@ def test_online_connection(
     """
     result = ConnectionTestResult()
 
-    def done(name: str, ok: bool, detail: str = "") -> None:
-        step = Step(name, ok, detail)
-        result.steps.append(step)
-        if on_step is not None:
-            on_step(step)
-
-    def fail(name: str, error: DynamicsError) -> None:
+    def on_fail(name: str, error: DynamicsError) -> DynamicsError:
         # Each 429 was reported by the transport as it came; a Server Busy of another kind is reported here.
         if gate is not None and isinstance(error, ServerBusyError) and not isinstance(error, ThrottledError):
             gate.busy()
-        result.error = error
-        done(name, False, error.message)
-        raise _Stop
+        return error
 
-    def run(name: str, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except DynamicsError as exc:
-            fail(name, exc)
-        except _Stop:
-            raise
-        except Exception as exc:  # the test must report, not crash, whatever goes wrong
-            log.exception("Unexpected error in connection test step %s", name)
-            fail(name, DynamicsError(f"Unexpected error: {type(exc).__name__}.", detail=str(exc)[:500]))
+    steps = StepRunner(result, on_step, on_fail)
+    done, run = steps.done, steps.run
 
     # A provider and a cache of its own: the test must really ask Entra, not reuse a token got earlier.
     provider = TokenProvider(config, cache=MemoryTokenCache(size=1))
