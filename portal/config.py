@@ -101,6 +101,9 @@ def load_config(overrides: dict | None = None) -> dict:
         # request on a connection the server dropped fails once and the pool replaces it.
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_recycle": 300},
         "WORKER_STALE_SECONDS": env_int("WORKER_STALE_SECONDS", 5),
+        # Page parts drawn from saved settings, kept per process for each combination of values they show
+        # (portal.page_cache); 0 draws every page anew.
+        "RENDERED_CACHE_SIZE": env_int("RENDERED_CACHE_SIZE", 256),
         # Request bodies (forms and the JSON API) are small; refuse anything larger than this.
         "MAX_CONTENT_LENGTH": env_int("MAX_CONTENT_LENGTH", 5 * 1024 * 1024),
         "SYNC_PARALLEL_BATCHES": env_int("SYNC_PARALLEL_BATCHES", 2),

@@ -204,6 +204,8 @@ class CrmIntegration(db.Model):
     CONNECTION_FIELDS = ("username", "org_url", "odata_url", "domain", "organization_name", "password_encrypted",
                          "connection_kind", "environment_url", "tenant_id", "client_id", "client_secret_encrypted",
                          "client_certificate_encrypted")
+    # The secrets: stored encrypted, never drawn in a page (a page may say only whether one is saved).
+    SECRET_FIELDS = ("password_encrypted", "client_secret_encrypted", "client_certificate_encrypted")
 
     id: Mapped[int] = mapped_column(primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from sqlalchemy import bindparam, select
+from markupsafe import Markup
+from sqlalchemy import bindparam, inspect, select
+from sqlalchemy.orm import aliased
 
-from .. import jobs_state, lifecycle
+from .. import jobs_state, lifecycle, page_cache
 from ..access import admin_required, own_integration
 from ..crypto import encrypt
 from ..extensions import db
 from ..forms import AdvancedForm, ConnectionForm, GeneralForm, UsageForm, choices, url_problem
-from ..models import BackgroundJob, CrmIntegration, JobStatus, audit, utcnow
+from ..models import BackgroundJob, CrmIntegration, JobStatus, Organization, audit, partner_suppliers, utcnow
 from ..queues import QUEUE_TESTS
 from .htmx import fragment, is_htmx, poll, require_csrf
 
@@ -57,12 +61,21 @@ def build_forms(integration: CrmIntegration, posted: str | None = None) -> dict:
     return {"general": general, "connection": connection, "usage": usage, "advanced": advanced}
 
 
-_LAST_TEST = (  # built once (see portal.access)
-    select(BackgroundJob)
-    .where(BackgroundJob.integration_id == bindparam("integration_id"), BackgroundJob.kind == "connection-test")
-    .order_by(BackgroundJob.created_at.desc())
-    .limit(1)
-)
+def _latest_test_id(integration_id):
+    """The id of an integration's last connection test, as a scalar subquery."""
+    job = aliased(BackgroundJob)
+    return (
+        select(job.id)
+        .where(job.integration_id == integration_id, job.kind == "connection-test")
+        .order_by(job.created_at.desc())
+        .limit(1)
+        .correlate(CrmIntegration)
+        .scalar_subquery()
+    )
+
+
+# Built once (see portal.access).
+_LAST_TEST = select(BackgroundJob).where(BackgroundJob.id == _latest_test_id(bindparam("integration_id")))
 
 
 def _last_test(integration: CrmIntegration) -> BackgroundJob | None:
@@ -76,17 +89,102 @@ def _context(integration: CrmIntegration, forms: dict, saved: str | None = None,
             "stuck": stuck, "platform": current_app.config["PLATFORM_NAME"]}
 
 
+def _layout(label: str, sections: Markup, refresh_while_busy: bool, status: int = 200):
+    """The page around its drawn sections; without JavaScript it refreshes itself while a connection test runs."""
+    html = render_template("integrations/edit.html", label=label, sections=sections,
+                           refresh_while_busy=refresh_while_busy)
+    return html, status, {"Cache-Control": "no-store", "Vary": "HX-Request"}
+
+
+def _busy(ctx: dict) -> bool:
+    """True while the page's connection test runs (and a worker has it)."""
+    return bool(ctx["test"] and not ctx["test"].done and not ctx["stuck"])
+
+
+def _sections(integration: CrmIntegration, forms: dict, saved: str | None = None) -> tuple[dict, Markup]:
+    """The page's four sections drawn, with the context they were drawn from."""
+    ctx = _context(integration, forms, saved)
+    return ctx, Markup(render_template("integrations/_sections.html", **ctx))  # noqa: S704 - a rendered template
+
+
 def _page(integration: CrmIntegration, forms: dict, status: int = 200, saved: str | None = None):
-    resp = render_template("integrations/edit.html", **_context(integration, forms, saved))
-    return resp, status, {"Cache-Control": "no-store", "Vary": "HX-Request"}
+    ctx, sections = _sections(integration, forms, saved)
+    return _layout(integration.label, sections, _busy(ctx), status)
+
+
+# --- A plain GET: the sections from the cache, keyed by every value they are drawn from ---------------------------
+
+_INTEGRATION_KEYS = tuple(attr.key for attr in inspect(CrmIntegration).column_attrs)
+_TEST_KEYS = tuple(attr.key for attr in inspect(BackgroundJob).column_attrs)
+_SECRETS = frozenset(CrmIntegration.SECRET_FIELDS)
+_SUPPLIER = aliased(Organization)
+_TEST_AT = len(_INTEGRATION_KEYS)
+_SUPPLIER_AT = _TEST_AT + len(_TEST_KEYS)
+
+# One statement: the integration (only the signed-in organization's), its last connection test and the partner's
+# suppliers (one row each, in the order of Organization.suppliers), as plain rows.
+_DRAWN_FROM = (
+    select(*(getattr(CrmIntegration, key) for key in _INTEGRATION_KEYS),
+           *(getattr(BackgroundJob, key).label(f"test_{key}") for key in _TEST_KEYS),
+           _SUPPLIER.id.label("choice_id"), _SUPPLIER.name.label("choice_name"))
+    .select_from(CrmIntegration)
+    .outerjoin(BackgroundJob, BackgroundJob.id == _latest_test_id(CrmIntegration.id))
+    .outerjoin(partner_suppliers, partner_suppliers.c.partner_id == CrmIntegration.organization_id)
+    .outerjoin(_SUPPLIER, _SUPPLIER.id == partner_suppliers.c.supplier_id)
+    .where(CrmIntegration.id == bindparam("integration_id"),
+           CrmIntegration.organization_id == bindparam("organization_id"))
+    .order_by(_SUPPLIER.name)
+)
+
+
+def _sections_key(integration: tuple, test: tuple | None, suppliers: tuple, stuck: bool) -> tuple:
+    """Every value the sections are drawn from, the CSRF token aside.
+
+    All the integration's columns (a secret only as saved or not), the last test's columns, the supplier choices,
+    whether no worker took the test, and the app's settings the sections show.
+    """
+    columns = zip(_INTEGRATION_KEYS, integration, strict=True)
+    return (request.script_root, current_app.config["PLATFORM_NAME"],
+            tuple(bool(value) if key in _SECRETS else value for key, value in columns), test, suppliers, stuck)
+
+
+def _saved_key(integration_id: int) -> tuple:
+    """The sections' key read in one statement; 404 for an integration not the signed-in organization's."""
+    rows = db.session.connection().execute(
+        _DRAWN_FROM, {"integration_id": integration_id, "organization_id": current_user.organization_id}).all()
+    if not rows:
+        abort(404)
+    first = rows[0]
+    test = tuple(first[_TEST_AT:_SUPPLIER_AT]) if first.test_id is not None else None
+    stuck = test is not None and jobs_state.is_stuck_in_queue(
+        SimpleNamespace(status=first.test_status, created_at=first.test_created_at))
+    suppliers = tuple((row.choice_id, row.choice_name) for row in rows if row.choice_id is not None)
+    return _sections_key(tuple(first[:_TEST_AT]), test, suppliers, stuck)
+
+
+def _draw_sections(integration_id: int) -> tuple[tuple, tuple[str, tuple[str, ...], bool]]:
+    """The sections drawn as any render draws them, with a placeholder for the CSRF token, and their key."""
+    integration = own_integration(integration_id)
+    with page_cache.csrf_placeholder():
+        ctx, drawn = _sections(integration, build_forms(integration))
+    test = ctx["test"]
+    key = _sections_key(tuple(getattr(integration, key) for key in _INTEGRATION_KEYS),
+                        tuple(getattr(test, key) for key in _TEST_KEYS) if test is not None else None,
+                        tuple(_supplier_choices(integration)), ctx["stuck"])
+    return key, (integration.label, page_cache.split_tokens(drawn), _busy(ctx))
 
 
 @bp.route("/<int:integration_id>/edit")
 @admin_required
 def edit(integration_id: int):
-    """The Edit Settings page with its four sections."""
-    integration = own_integration(integration_id)
-    return _page(integration, build_forms(integration))
+    """The Edit Settings page with its four sections, served from the cache while nothing they show changed."""
+    cache = page_cache.app_cache("integrations.edit")
+    if not cache.size:
+        integration = own_integration(integration_id)
+        return _page(integration, build_forms(integration))
+    label, pieces, busy = page_cache.cached_markup(cache, _saved_key(integration_id),
+                                                   lambda: _draw_sections(integration_id))
+    return _layout(label, page_cache.with_token(pieces), busy)
 
 
 def _section_response(integration, forms, section, *, ok: bool, extra_oob: tuple[str, ...] = (),

@@ -1,0 +1,97 @@
+"""Rendered markup kept per process (bounded, least recently used first out), with the CSRF token put in per request.
+
+A page part is cached under a key holding every value it is drawn from; what belongs to a session (its CSRF token)
+is never cached: the part is drawn with a placeholder in the token's place, kept as the pieces around it, and
+joined with the request's own token when served.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import current_app, g
+from flask_wtf.csrf import generate_csrf
+from markupsafe import Markup, escape
+
+# Never shown to anyone and new in each process, so no saved value can imitate it.
+_PLACEHOLDER = "csrf-" + secrets.token_hex(16)
+
+
+class RenderedCache:
+    """A bounded LRU mapping of keys to values, safe across threads; a size of 0 keeps nothing."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> Any:
+        """The value kept under ``key`` (now the most recently used), or None."""
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Keep ``value`` under ``key``, dropping the least recently used beyond the size."""
+        if self.size <= 0:
+            return
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def app_cache(name: str) -> RenderedCache:
+    """The app's cache called ``name``, sized by ``RENDERED_CACHE_SIZE`` (0 turns caching off)."""
+    caches = current_app.extensions.setdefault("rendered_caches", {})
+    found = caches.get(name)
+    if found is None:
+        found = caches.setdefault(name, RenderedCache(current_app.config["RENDERED_CACHE_SIZE"]))
+    return found
+
+
+@contextmanager
+def csrf_placeholder() -> Iterator[None]:
+    """Inside the block, forms and ``csrf_token()`` draw the placeholder instead of the session's token.
+
+    Flask-WTF keeps the request's token in ``g`` under the token's field name; the real one (if any) is put back.
+    """
+    name = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
+    real = g.pop(name, None)
+    setattr(g, name, _PLACEHOLDER)
+    try:
+        yield
+    finally:
+        g.pop(name, None)
+        if real is not None:
+            setattr(g, name, real)
+
+
+def split_tokens(markup: str) -> tuple[str, ...]:
+    """The markup drawn inside :func:`csrf_placeholder`, as the pieces around the token's places."""
+    return tuple(markup.split(_PLACEHOLDER))
+
+
+def with_token(pieces: tuple[str, ...]) -> Markup:
+    """The pieces joined with this request's CSRF token, as a template would have drawn it."""
+    return Markup(str(escape(generate_csrf())).join(pieces))  # noqa: S704 - pieces are rendered, escaped markup
+
+
+def cached_markup(cache: RenderedCache, key: Hashable, draw: Callable[[], tuple[Hashable, Any]]) -> Any:
+    """The value kept under ``key``, or what ``draw()`` returns, kept under the key ``draw`` computed itself."""
+    found = cache.get(key)
+    if found is None:
+        drawn_key, found = draw()
+        cache.put(drawn_key, found)
+    return found
