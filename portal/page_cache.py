@@ -53,11 +53,15 @@ class RenderedCache:
 
 
 def app_cache(name: str) -> RenderedCache:
-    """The app's cache called ``name``, sized by ``RENDERED_CACHE_SIZE`` (0 turns caching off)."""
+    """The app's cache called ``name``, sized by ``RENDERED_CACHE_SIZE`` (0 turns caching off).
+
+    Off while templates reload when they change (debug): a kept part would not follow an edited template.
+    """
     caches = current_app.extensions.setdefault("rendered_caches", {})
     found = caches.get(name)
     if found is None:
-        found = caches.setdefault(name, RenderedCache(current_app.config["RENDERED_CACHE_SIZE"]))
+        size = 0 if current_app.jinja_env.auto_reload else current_app.config["RENDERED_CACHE_SIZE"]
+        found = caches.setdefault(name, RenderedCache(size))
     return found
 
 
