@@ -104,6 +104,8 @@ def load_config(overrides: dict | None = None) -> dict:
         # Page parts drawn from saved settings, kept per process for each combination of values they show
         # (portal.page_cache); 0 draws every page anew.
         "RENDERED_CACHE_SIZE": env_int("RENDERED_CACHE_SIZE", 256),
+        # And at most this many characters of text in all (keys and parts): values a CRM writes have no set length.
+        "RENDERED_CACHE_BYTES": env_int("RENDERED_CACHE_BYTES", 16_000_000),
         # Request bodies (forms and the JSON API) are small; refuse anything larger than this.
         "MAX_CONTENT_LENGTH": env_int("MAX_CONTENT_LENGTH", 5 * 1024 * 1024),
         "SYNC_PARALLEL_BATCHES": env_int("SYNC_PARALLEL_BATCHES", 2),

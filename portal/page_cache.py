@@ -22,12 +22,30 @@ from markupsafe import Markup, escape
 _PLACEHOLDER = "csrf-" + secrets.token_hex(16)
 
 
-class RenderedCache:
-    """A bounded LRU mapping of keys to values, safe across threads; a size of 0 keeps nothing."""
+def chars(value: Any) -> int:
+    """The characters of text a key or value holds (its strings, inside tuples and lists): what it costs to keep."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, tuple | list):
+        return sum(chars(item) for item in value)
+    return 0
 
-    def __init__(self, size: int):
+
+class RenderedCache:
+    """A bounded LRU mapping of keys to values, safe across threads; a size of 0 keeps nothing.
+
+    Bounded twice: at most ``size`` entries, and at most ``max_chars`` characters of text in keys and values
+    together (None: no such bound). A part holds values a tenant's CRM writes (a test's message quotes the CRM
+    user's name, as long as the CRM makes it), so a count alone would not bound the memory; an entry larger than
+    the whole budget is not kept.
+    """
+
+    def __init__(self, size: int, max_chars: int | None = None):
         self.size = size
+        self.max_chars = max_chars
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
+        self._costs: dict[Hashable, int] = {}
+        self._chars = 0
         self._lock = threading.Lock()
 
     def get(self, key: Hashable) -> Any:
@@ -42,18 +60,35 @@ class RenderedCache:
         """Keep ``value`` under ``key``, dropping the least recently used beyond the size."""
         if self.size <= 0:
             return
+        cost = chars(key) + chars(value)
         with self._lock:
+            if key in self._items:
+                self._drop(key)
+            if self.max_chars is not None and cost > self.max_chars:
+                return
             self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+            self._costs[key] = cost
+            self._chars += cost
+            while len(self._items) > self.size or (self.max_chars is not None and self._chars > self.max_chars):
+                self._drop(next(iter(self._items)))
+
+    def _drop(self, key: Hashable) -> None:
+        """Forget ``key`` (the lock held)."""
+        del self._items[key]
+        self._chars -= self._costs.pop(key)
+
+    @property
+    def kept_chars(self) -> int:
+        """The characters of text kept now, keys and values."""
+        return self._chars
 
     def __len__(self) -> int:
         return len(self._items)
 
 
 def app_cache(name: str) -> RenderedCache:
-    """The app's cache called ``name``, sized by ``RENDERED_CACHE_SIZE`` (0 turns caching off).
+    """The app's cache called ``name``, sized by ``RENDERED_CACHE_SIZE`` (0 turns caching off) and
+    ``RENDERED_CACHE_BYTES`` (the characters of text it keeps).
 
     Off while templates reload when they change (debug): a kept part would not follow an edited template.
     """
@@ -61,7 +96,7 @@ def app_cache(name: str) -> RenderedCache:
     found = caches.get(name)
     if found is None:
         size = 0 if current_app.jinja_env.auto_reload else current_app.config["RENDERED_CACHE_SIZE"]
-        found = caches.setdefault(name, RenderedCache(size))
+        found = caches.setdefault(name, RenderedCache(size, current_app.config["RENDERED_CACHE_BYTES"]))
     return found
 
 
