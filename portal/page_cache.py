@@ -18,7 +18,8 @@ from flask import current_app, g
 from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup, escape
 
-# Never shown to anyone and new in each process, so no saved value can imitate it.
+# Never shown to anyone and new in each process; each draw adds a random part of its own (csrf_placeholder), made
+# after the values it draws were saved, so not even a value holding a placeholder learnt somehow can imitate it.
 _PLACEHOLDER = "csrf-" + secrets.token_hex(16)
 
 
@@ -101,25 +102,27 @@ def app_cache(name: str) -> RenderedCache:
 
 
 @contextmanager
-def csrf_placeholder() -> Iterator[None]:
-    """Inside the block, forms and ``csrf_token()`` draw the placeholder instead of the session's token.
+def csrf_placeholder() -> Iterator[str]:
+    """Inside the block, forms and ``csrf_token()`` draw a placeholder (the one yielded, new for each block) instead
+    of the session's token.
 
     Flask-WTF keeps the request's token in ``g`` under the token's field name; the real one (if any) is put back.
     """
     name = current_app.config.get("WTF_CSRF_FIELD_NAME", "csrf_token")
     real = g.pop(name, None)
-    setattr(g, name, _PLACEHOLDER)
+    placeholder = f"{_PLACEHOLDER}-{secrets.token_hex(8)}"
+    setattr(g, name, placeholder)
     try:
-        yield
+        yield placeholder
     finally:
         g.pop(name, None)
         if real is not None:
             setattr(g, name, real)
 
 
-def split_tokens(markup: str) -> tuple[str, ...]:
+def split_tokens(markup: str, placeholder: str) -> tuple[str, ...]:
     """The markup drawn inside :func:`csrf_placeholder`, as the pieces around the token's places."""
-    return tuple(markup.split(_PLACEHOLDER))
+    return tuple(markup.split(placeholder))
 
 
 def with_token(pieces: tuple[str, ...]) -> Markup:

@@ -165,13 +165,13 @@ def _saved_key(integration_id: int) -> tuple:
 def _draw_sections(integration_id: int) -> tuple[tuple, tuple[str, tuple[str, ...], bool]]:
     """The sections drawn as any render draws them, with a placeholder for the CSRF token, and their key."""
     integration = own_integration(integration_id)
-    with page_cache.csrf_placeholder():
+    with page_cache.csrf_placeholder() as placeholder:
         ctx, drawn = _sections(integration, build_forms(integration))
     test = ctx["test"]
     key = _sections_key(tuple(getattr(integration, key) for key in _INTEGRATION_KEYS),
                         tuple(getattr(test, key) for key in _TEST_KEYS) if test is not None else None,
                         tuple(_supplier_choices(integration)), ctx["stuck"])
-    return key, (integration.label, page_cache.split_tokens(drawn), _busy(ctx))
+    return key, (integration.label, page_cache.split_tokens(drawn, placeholder), _busy(ctx))
 
 
 @bp.route("/<int:integration_id>/edit")

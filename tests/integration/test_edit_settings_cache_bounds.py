@@ -56,3 +56,20 @@ def test_an_entry_larger_than_the_whole_budget_is_served_but_not_kept(app, partn
         db.session.commit()
     assert "Connected as Pat" in client.get(edit_path(iid)).text
     assert len(app.extensions["rendered_caches"]["integrations.edit"]) == 1
+
+
+def test_a_saved_value_holding_a_placeholder_is_shown_as_typed(app, partner_admin, client):
+    """Defence in depth: even a value holding the placeholder of an earlier draw (were one ever learnt) is drawn
+    as typed, never as the viewer's CSRF token: each draw has a placeholder of its own, made after the values."""
+    from portal import page_cache
+
+    use_cache(app, True)
+    iid = partner_admin["integration_id"]
+    client.get(edit_path(iid))
+    earlier = page_cache._PLACEHOLDER  # the placeholder a draw used so far
+    with app.app_context():
+        db.session.get(CrmIntegration, iid).domain = f"x{earlier}y"
+        db.session.commit()
+    for _ in range(2):  # drawn, then served
+        page = client.get(edit_path(iid)).text
+        assert f'value="x{earlier}y"' in page
