@@ -58,7 +58,7 @@ class RenderedCache:
             return value
 
     def put(self, key: Hashable, value: Any) -> None:
-        """Keep ``value`` under ``key``, dropping the least recently used beyond the size."""
+        """Keep ``value`` under ``key``, dropping the least recently used beyond the size or the characters."""
         if self.size <= 0:
             return
         cost = chars(key) + chars(value)
