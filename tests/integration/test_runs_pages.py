@@ -420,10 +420,10 @@ def _old_cells(run: SyncRun) -> dict:
             "finished": f"{finished:{ledger.WHEN}}" if finished else "", "duration": ledger.duration(run)}
 
 
-def test_run_lines_write_what_the_macro_wrote_and_escape_every_value(app, partner_admin):
-    iid = partner_admin["integration_id"]
+def every_kind_of_run(app, iid: int) -> list[int]:
+    """Finished, partial, failed, dry-run, queued (new and waiting), running and full runs; texts with markup."""
     now = utcnow()
-    ids = [
+    return [
         add_run(app, iid),
         add_run(app, iid, trigger=HOSTILE, message=HOSTILE, status=RunStatus.partial, failed_count=3),
         add_run(app, iid, kind="manual", dry_run=True, status=RunStatus.failed, message="<script>x</script>",
@@ -434,7 +434,13 @@ def test_run_lines_write_what_the_macro_wrote_and_escape_every_value(app, partne
                 progress_done=2, progress_total=5),
         add_run(app, iid, status=RunStatus.queued, started_at=None, finished_at=None,
                 created_at=now - timedelta(minutes=5)),
+        add_run(app, iid, kind="manual", full=True, status=RunStatus.finished, started_at=None, message="m & <n>"),
     ]
+
+
+def test_run_lines_write_what_the_macro_wrote_and_escape_every_value(app, partner_admin):
+    iid = partner_admin["integration_id"]
+    ids = every_kind_of_run(app, iid)
     with app.test_request_context():
         before = RUN_ROW_BEFORE.read_text()
         old = app.jinja_env.from_string(before, globals={"old_cells": _old_cells}).module
@@ -465,16 +471,7 @@ def _line(html: str, run_id: int) -> str:
 def test_history_lines_from_the_page_query_write_what_the_macro_wrote_twice_over(app, partner_admin):
     """The page's lines (Core rows, finished ones kept once drawn) are the old macro's, escaped, drawn or kept."""
     iid = partner_admin["integration_id"]
-    now = utcnow()
-    ids = [
-        add_run(app, iid),
-        add_run(app, iid, trigger=HOSTILE, message=HOSTILE, status=RunStatus.partial, failed_count=3),
-        add_run(app, iid, kind="manual", dry_run=True, status=RunStatus.failed, message="<script>x</script>"),
-        add_run(app, iid, kind="push", trigger="", status=RunStatus.queued, started_at=None, finished_at=None),
-        add_run(app, iid, kind="retry", status=RunStatus.running, started_at=now - timedelta(hours=2),
-                finished_at=None, current_step="push_marketing_leads", progress_done=2, progress_total=5),
-        add_run(app, iid, kind="manual", full=True, status=RunStatus.finished, started_at=None, message="m & <n>"),
-    ]
+    ids = every_kind_of_run(app, iid)
     with app.test_request_context():
         old = app.jinja_env.from_string(RUN_ROW_BEFORE.read_text(), globals={"old_cells": _old_cells}).module
         run_url = url_for("runs.detail", integration_id=iid, run_id=0).rpartition("/")[0] + "/"
