@@ -6,13 +6,15 @@ import csv
 import io
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from flask import current_app
-from sqlalchemy import bindparam, func, select
-from sqlalchemy.orm import defer
+from sqlalchemy import and_, bindparam, func, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
 
 from .extensions import db
-from .models import CrmIntegration, utcnow
+from .models import CrmIntegration, UTCDateTime, utcnow
 from .platform_models import RunStatus, SyncFailure, SyncRun
 from .wording import counted
 
@@ -60,24 +62,101 @@ def running_run(integration_id: int) -> SyncRun | None:
         SyncRun.status.in_([RunStatus.queued, RunStatus.running])).order_by(SyncRun.id.desc()).limit(1))
 
 
-# The list shows no steps: each run's steps (kilobytes of JSON) stay in the database, and reading one raises.
+class RunLine(NamedTuple):
+    """A run as the history's list reads it: the columns its line shows, as a Core row (not an ORM object).
+
+    ``done`` and ``percent`` are SyncRun's own properties, so the list and a run's page cannot disagree.
+    """
+
+    id: int
+    integration_id: int
+    kind: str
+    trigger: str
+    dry_run: bool
+    full: bool
+    status: RunStatus
+    current_step: str
+    progress_done: int
+    progress_total: int
+    created_count: int
+    updated_count: int
+    skipped_count: int
+    failed_count: int
+    message: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    done = SyncRun.done
+    percent = SyncRun.percent
+
+
+class utc_moment(FunctionElement):  # noqa: N801 - an SQL function's name
+    """A stored moment read as its UTC wall time, which the driver reads much faster than a zoned timestamp (in
+    PostgreSQL; elsewhere as stored); UTCDateTime makes it zone-aware again, so the value is the same moment."""
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(utc_moment)
+def _as_stored(element: utc_moment, compiler, **kw) -> str:
+    return compiler.process(element.clauses, **kw)
+
+
+@compiles(utc_moment, "postgresql")
+def _utc_wall_time(element: utc_moment, compiler, **kw) -> str:
+    return f"timezone('UTC', {compiler.process(element.clauses, **kw)})"
+
+
+class HistoryHead(NamedTuple):
+    """What the history page shows of its integration; ``label`` and ``state`` are CrmIntegration's own."""
+
+    id: int
+    kind: str
+    connection_kind: str
+    enabled: bool
+    error_code: str
+
+    is_online = CrmIntegration.is_online
+    label = CrmIntegration.label
+    state = CrmIntegration.state
+
+
+# One statement a page: the integration, only if it is the organization's, with a page of its runs (the outer join
+# keeps the integration when it has none). The steps (kilobytes of JSON a run) are not read.
 # Built once: building a statement per request costs more CPU than running it (SQLAlchemy caches the SQL only).
-_RUNS = select(SyncRun).options(defer(SyncRun.steps_json, raiseload=True)).where(
-    SyncRun.integration_id == bindparam("integration_id"))
-_RUNS_PAGE = _RUNS.order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1)
-_RUNS_BEFORE = _RUNS.where(SyncRun.id < bindparam("before")).order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1)
+_HEAD = [getattr(CrmIntegration, name) for name in HistoryHead._fields]
+_LINE = [utc_moment(column).label(column.key) if isinstance(column.type, UTCDateTime) else column
+         for column in (getattr(SyncRun, name) for name in RunLine._fields)]
+_OWNED = (CrmIntegration.id == bindparam("integration_id"),
+          CrmIntegration.organization_id == bindparam("organization_id"))
+_HISTORY = (select(*_HEAD, *_LINE).where(*_OWNED)
+            .outerjoin(SyncRun, SyncRun.integration_id == CrmIntegration.id)
+            .order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1))
+_HISTORY_BEFORE = (select(*_HEAD, *_LINE).where(*_OWNED)
+                   .outerjoin(SyncRun, and_(SyncRun.integration_id == CrmIntegration.id,
+                                            SyncRun.id < bindparam("before")))
+                   .order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1))
 
 
-def runs_page(integration_id: int, before: int | None = None) -> tuple[list[SyncRun], int | None]:
-    """One page of an integration's runs, newest first, in one query; and the id to ask for older runs, if any."""
+def history_page(integration_id: int, organization_id: int, before: int | None = None
+                 ) -> tuple[HistoryHead, list[RunLine], int | None] | None:
+    """The organization's integration and one page of its runs, newest first, in one query; and the id to ask for
+    older runs, if any. None when the organization has no such integration (another tenant's counts as unknown)."""
+    params = {"integration_id": integration_id, "organization_id": organization_id}
     if before is None:
-        rows = list(db.session.scalars(_RUNS_PAGE, {"integration_id": integration_id}))
+        rows = db.session.connection().execute(_HISTORY, params).all()
     else:
-        rows = list(db.session.scalars(_RUNS_BEFORE, {"integration_id": integration_id, "before": before}))
-    if len(rows) > PAGE_SIZE:
-        rows = rows[:PAGE_SIZE]
-        return rows, rows[-1].id
-    return rows, None
+        rows = db.session.connection().execute(_HISTORY_BEFORE, {**params, "before": before}).all()
+    if not rows:
+        return None
+    split = len(_HEAD)
+    head = HistoryHead._make(rows[0][:split])
+    if rows[0][split] is None:  # the outer join's one row of an integration without (older) runs
+        return head, [], None
+    runs = [RunLine._make(row[split:]) for row in rows[:PAGE_SIZE]]
+    return head, runs, (runs[-1].id if len(rows) > PAGE_SIZE else None)
 
 
 def run_of(integration: CrmIntegration, run_id: int) -> SyncRun | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from flask import (
     Blueprint,
     Response,
@@ -103,6 +105,26 @@ def run_row(run: SyncRun, run_url: str | None = None, focus: bool = False, annou
     )
 
 
+# A finished run's line never changes unless a value it shows does: drawn once per process and kept, keyed by the
+# run's row itself (every value the line shows, the run's and its integration's ids among them) and the runs'
+# address; bounded, and holding nothing of a user or a session. A queued or running line polls and shows progress,
+# and the line that announces a run's end is drawn once: those are always drawn afresh.
+@functools.lru_cache(maxsize=4096)
+def _finished_line(run: ledger.RunLine, run_url: str) -> Markup:
+    """A finished run's line, as run_row draws it."""
+    return run_row(run, run_url)
+
+
+@bp.app_template_global()
+def run_lines(runs: list[ledger.RunLine], run_url: str, focus_newest: bool = False) -> Markup:
+    """The history's lines, newest first; after Sync now or Preview (FOCUS_NEWEST) the newest is the focus target,
+    and says so once if it is already done."""
+    lines = [_finished_line(run, run_url) if run.done else run_row(run, run_url) for run in runs]
+    if focus_newest and runs:
+        lines[0] = run_row(runs[0], run_url, focus=True, announce=runs[0].done)
+    return Markup("".join(lines))  # noqa: S704 - every line drawn by run_row
+
+
 def _run_or_404(integration: CrmIntegration, run_id: int) -> SyncRun:
     run = ledger.run_of(integration, run_id)
     if run is None:
@@ -110,18 +132,22 @@ def _run_or_404(integration: CrmIntegration, run_id: int) -> SyncRun:
     return run
 
 
-def _history_context(integration: CrmIntegration) -> dict:
+def _history_context(integration_id: int) -> dict:
+    """The page of runs of the signed-in organization's integration (404 for any other), in one statement."""
     before = id_arg("before")
-    runs, older = ledger.runs_page(integration.id, before)
-    return {"row": integration, "runs": runs, "older": older, "before": before, "csrf_form": CsrfOnlyForm()}
+    found = ledger.history_page(integration_id, current_user.organization_id, before)
+    if found is None:
+        abort(404)
+    head, runs, older = found
+    return {"row": head, "runs": runs, "older": older, "before": before,
+            "refresh_while_busy": any(not run.done for run in runs)}
 
 
 @bp.route("/<int:integration_id>/runs")
 @admin_required
 def history(integration_id: int):
     """The integration's runs, newest first, 50 a page; queued and running ones show live progress."""
-    integration = own_integration(integration_id)
-    ctx = _history_context(integration)
+    ctx = _history_context(integration_id)
     if is_htmx():
         return fragment("runs/_runs.html", **ctx)
     resp = make_response(render_template("runs/history.html", **ctx))
@@ -150,7 +176,8 @@ def _start(integration_id: int, *, dry_run: bool, full: bool = False):
               else f"Run #{run.id} queued.", "success")
     if is_htmx():
         # The button that queued the run keeps focus (portal.js); should it be gone, the new run takes it.
-        return fragment("runs/_runs.html", status=status, focus_newest=status == 200, **_history_context(integration))
+        return fragment("runs/_runs.html", status=status, focus_newest=status == 200,
+                        **_history_context(integration.id))
     return redirect(url_for("runs.history", integration_id=integration.id))
 
 

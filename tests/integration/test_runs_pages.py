@@ -18,9 +18,9 @@ from portal import ledger, queues
 from portal.extensions import db
 from portal.models import CrmIntegration, utcnow
 from portal.platform_models import RunStatus, SyncFailure, SyncRun
-from portal.views.runs import run_row, status_badge, when
+from portal.views.runs import _finished_line, run_lines, run_row, status_badge, when
 
-from ..conftest import PASSWORD, count_statements
+from ..conftest import PASSWORD, Auth, count_statements
 from .sync_helpers import configure, make_leads
 
 HX = {"HX-Request": "true"}
@@ -420,10 +420,10 @@ def _old_cells(run: SyncRun) -> dict:
             "finished": f"{finished:{ledger.WHEN}}" if finished else "", "duration": ledger.duration(run)}
 
 
-def test_run_lines_write_what_the_macro_wrote_and_escape_every_value(app, partner_admin):
-    iid = partner_admin["integration_id"]
+def every_kind_of_run(app, iid: int) -> list[int]:
+    """Finished, partial, failed, dry-run, queued (new and waiting), running and full runs; texts with markup."""
     now = utcnow()
-    ids = [
+    return [
         add_run(app, iid),
         add_run(app, iid, trigger=HOSTILE, message=HOSTILE, status=RunStatus.partial, failed_count=3),
         add_run(app, iid, kind="manual", dry_run=True, status=RunStatus.failed, message="<script>x</script>",
@@ -434,7 +434,13 @@ def test_run_lines_write_what_the_macro_wrote_and_escape_every_value(app, partne
                 progress_done=2, progress_total=5),
         add_run(app, iid, status=RunStatus.queued, started_at=None, finished_at=None,
                 created_at=now - timedelta(minutes=5)),
+        add_run(app, iid, kind="manual", full=True, status=RunStatus.finished, started_at=None, message="m & <n>"),
     ]
+
+
+def test_run_lines_write_what_the_macro_wrote_and_escape_every_value(app, partner_admin):
+    iid = partner_admin["integration_id"]
+    ids = every_kind_of_run(app, iid)
     with app.test_request_context():
         before = RUN_ROW_BEFORE.read_text()
         old = app.jinja_env.from_string(before, globals={"old_cells": _old_cells}).module
@@ -453,3 +459,112 @@ def test_run_lines_write_what_the_macro_wrote_and_escape_every_value(app, partne
     assert "<b>" not in drawn and "\x01\x1f\x7f" in drawn
     # The trigger, the message and the finish sentence.
     assert drawn.count("say &#34;hi&#34; &amp; &lt;b&gt;bye&lt;/b&gt; &#39;single&#39;") == 3
+
+
+# ------------------------------------------------------------------------- the page's lines, read and drawn once
+
+
+def _line(html: str, run_id: int) -> str:
+    return re.search(rf'<tr id="run-{run_id}".*?</tr>', html, re.S).group(0)
+
+
+def test_history_lines_from_the_page_query_write_what_the_macro_wrote_twice_over(app, partner_admin):
+    """The page's lines (Core rows, finished ones kept once drawn) are the old macro's, escaped, drawn or kept."""
+    iid = partner_admin["integration_id"]
+    ids = every_kind_of_run(app, iid)
+    with app.test_request_context():
+        old = app.jinja_env.from_string(RUN_ROW_BEFORE.read_text(), globals={"old_cells": _old_cells}).module
+        run_url = url_for("runs.detail", integration_id=iid, run_id=0).rpartition("/")[0] + "/"
+        org = db.session.get(CrmIntegration, iid).organization_id
+        for _ in range(2):  # drawn, then (finished lines) kept
+            head, runs, older = ledger.history_page(iid, org)
+            assert (head.id, older) == (iid, None) and [run.id for run in runs] == list(reversed(ids))
+            expected = "".join(str(old.run_row(db.session.get(SyncRun, run.id), run_url)) for run in runs)
+            assert run_lines(runs, run_url) == expected
+            newest = str(old.run_row(db.session.get(SyncRun, ids[-1]), run_url, focus=True, announce=True))
+            assert run_lines(runs, run_url, focus_newest=True).startswith(newest)
+        drawn = run_lines(runs, run_url)
+    assert "<b>" not in drawn and "<script>" not in drawn and "m &amp; &lt;n&gt;" in drawn
+
+
+def test_a_run_whose_values_change_shows_them_at_once(app, partner_admin, client):
+    iid = partner_admin["integration_id"]
+    run_id = add_run(app, iid, message="created 2")
+    running = add_run(app, iid, kind="push", status=RunStatus.running, finished_at=None, current_step="push",
+                      progress_done=1, progress_total=4)
+    path = f"/settings/crm/{iid}/runs"
+    first = _line(client.get(path).text, run_id)
+    assert _line(client.get(path).text, run_id) == first  # kept, the same
+    assert 'data-progress="25"' in _line(client.get(path).text, running)
+
+    set_run(app, run_id, created_count=7, message="created 7")
+    line = _line(client.get(path).text, run_id)
+    assert 'data-count="created">7<' in line and "created 7" in line
+    set_run(app, run_id, status=RunStatus.partial, failed_count=1, skipped_count=9, trigger="Retry <x>")
+    line = _line(client.get(path).text, run_id)
+    assert 'data-status="partial"' in line and 'data-count="skipped">9<' in line and "#failures" in line
+    assert "Retry &lt;x&gt;" in line
+    set_run(app, run_id, finished_at=utcnow() + timedelta(minutes=3), kind="retry", dry_run=True)
+    line = _line(client.get(path).text, run_id)
+    assert "min" in line and "Preview" in line and "data-dry-run" in line
+
+    set_run(app, running, progress_done=3)  # a running line is drawn afresh every time
+    assert 'data-progress="75"' in _line(client.get(path).text, running)
+    set_run(app, running, status=RunStatus.finished, finished_at=utcnow(), message="done now")
+    line = _line(client.get(path).text, running)
+    assert "hx-get" not in line and "done now" in line and "<progress" not in line
+
+
+def test_lines_kept_for_one_tenant_are_never_shown_to_another(app, factory, partner_admin, client, auth):
+    other_org = factory.org("Other Partner", "partner", ("Acme Supplier",))
+    factory.user("admin@other.example", "Other Partner", "admin")
+    other_iid = factory.integration(other_org, password="Other-Secret-1", username="other-user")
+    other_runs = [add_run(app, other_iid, trigger="other-trigger", message="other-message") for _ in range(3)]
+    mine = partner_admin["integration_id"]
+    my_run = add_run(app, mine, trigger="my-trigger")
+    other = app.test_client()
+    Auth(other).login("admin@other.example")
+    assert "other-trigger" in other.get(f"/settings/crm/{other_iid}/runs").text  # drawn and kept
+
+    for path in (f"/settings/crm/{other_iid}/runs", f"/settings/crm/{other_iid}/runs?before={other_runs[-1] + 1}"):
+        for headers in ({}, HX):
+            resp = client.get(path, headers=headers)
+            assert resp.status_code == 404, path
+            assert "other-trigger" not in resp.text and "other-message" not in resp.text
+    page = client.get(f"/settings/crm/{mine}/runs").text
+    assert rows_in(page) == [my_run] and "other-" not in page
+    assert "my-trigger" not in other.get(f"/settings/crm/{other_iid}/runs").text
+
+
+def test_history_buttons_carry_the_session_own_csrf_token(app, factory, partner_admin, client, auth):
+    iid = partner_admin["integration_id"]
+    factory.user("second@acme.example", "Acme Partner", "admin")
+    second = app.test_client()
+    Auth(second).login("second@acme.example")
+    tokens = []
+    for who in (client, second):
+        page = who.get(f"/settings/crm/{iid}/runs").text
+        fields = re.findall(r'<input name="csrf_token" type="hidden" value="([^"]+)">', page)
+        assert len(fields) == 3 and len(set(fields)) == 1
+        assert f'"X-CSRFToken": "{fields[0]}"' in page  # the page's own token
+        tokens.append(fields[0])
+    assert tokens[0] != tokens[1]
+    resp = client.post(f"/settings/crm/{iid}/runs/sync", data={"csrf_token": tokens[1]})
+    assert resp.status_code == 400  # another session's token is refused
+
+
+def test_paging_before_an_id_and_past_the_oldest(app, partner_admin, client):
+    iid = partner_admin["integration_id"]
+    ids = [add_run(app, iid, created_count=i) for i in range(52)]
+    newest = list(reversed(ids))
+    second = client.get(f"/settings/crm/{iid}/runs?before={newest[49]}")
+    assert rows_in(second.text) == newest[50:] and 'data-page="older"' not in second.text
+    middle = client.get(f"/settings/crm/{iid}/runs?before={newest[10]}", headers=HX)
+    assert rows_in(middle.text) == newest[11:] and 'data-page="newest"' in middle.text
+    past = client.get(f"/settings/crm/{iid}/runs?before={ids[0]}")
+    assert past.status_code == 200 and rows_in(past.text) == [] and "No older runs." in past.text
+    assert client.get(f"/settings/crm/{iid}/runs?before=junk").text.count('<tr id="run-') == 50
+
+
+def test_kept_lines_are_bounded():
+    assert 0 < _finished_line.cache_info().maxsize <= 10_000
