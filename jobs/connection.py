@@ -8,11 +8,17 @@ import queue
 import threading
 import time
 
+from portal.wording import at_most
+
 from .context import with_app
 
 log = logging.getLogger(__name__)
 
 WAITING = "Waiting for the CRM"  # the step a test shows while the sync's batches hold every slot
+# A CRM names its user and version as it likes, and the message is kept on the job and the integration and shown on
+# every page: it is bounded. The CRM's own limits are 200 characters for a full name and 1,024 for a domain name.
+NAME_SHOWN = 300
+VERSION_SHOWN = 40
 
 
 @with_app
@@ -80,7 +86,7 @@ def run_test(job_id: str, integration_id: int, add_lead_source: bool = False) ->
     if result.max_lengths:
         integration.max_lengths = result.max_lengths  # customized CRMs differ: records are checked against these
     if result.ok:
-        message = f"Connected as {user or result.user_id}, CRM version {result.version}."
+        message = f"Connected as {user or result.user_id}, CRM version {at_most(result.version or '', VERSION_SHOWN)}."
     else:
         message = f"{data['error']['message']}"
     test_finished(integration, ok=result.ok, was_on=was_on, fingerprint=fingerprint, message=message,
@@ -136,6 +142,7 @@ def _user_name(config, user_id: str | None, gate) -> str | None:
             entity = service.retrieve("systemuser", user_id, ["fullname", "domainname"])
         name = entity.attributes.get("fullname")
         domain_name = entity.attributes.get("domainname")
-        return f"{name} ({domain_name})" if name and domain_name else name or domain_name
+        shown = f"{name} ({domain_name})" if name and domain_name else name or domain_name
+        return at_most(shown, NAME_SHOWN) if shown else shown
     except DynamicsError:
         return None
