@@ -8,6 +8,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user
 from markupsafe import Markup, escape
 from sqlalchemy import Integer, Select, bindparam, case, func, select
+from sqlalchemy.orm import load_only
 
 from .. import catalog, jobs_state, lifecycle
 from ..access import admin_required, own_integration
@@ -37,45 +38,59 @@ def home():
     return redirect(url_for("settings.crm"))
 
 
-def _rows() -> list[CrmIntegration]:
-    rows = [integration_for(current_user.organization, kind) for kind in catalog.CRM_KINDS]
-    # The first visit makes the rows; later visits write nothing.
+# Built once (see portal.access), with the organization as a parameter: the listing in one statement. The
+# organization's row anchors it, so the last health job and the open notices come even before any integration
+# exists; a row per integration and open notice (one kind, at most 20 notices).
+_HEALTH = BackgroundJob.__table__.alias("last_health")
+_OPEN = Notice.__table__.alias("open_notice")
+_LISTING = (
+    select(CrmIntegration, BackgroundJob, Notice)
+    .select_from(Organization)
+    .outerjoin(CrmIntegration, (CrmIntegration.organization_id == Organization.id)
+               & CrmIntegration.kind.in_(list(catalog.CRM_KINDS)))
+    .outerjoin(BackgroundJob, BackgroundJob.id == (
+        select(_HEALTH.c.id)
+        .where(_HEALTH.c.kind == "health", _HEALTH.c.organization_id == bindparam("organization_id"))
+        .order_by(_HEALTH.c.created_at.desc()).limit(1).scalar_subquery()))
+    .outerjoin(Notice, Notice.id.in_(
+        select(_OPEN.c.id)
+        .where(_OPEN.c.organization_id == bindparam("organization_id"), _OPEN.c.dismissed_at.is_(None))
+        .order_by(_OPEN.c.created_at.desc(), _OPEN.c.id.desc()).limit(20)))
+    .where(Organization.id == bindparam("organization_id"))
+    .order_by(Notice.created_at.desc(), Notice.id.desc())
+    # Only the columns the listing's templates read (another would be loaded when read, at a statement's cost).
+    .options(load_only(CrmIntegration.organization_id, CrmIntegration.kind, CrmIntegration.connection_kind,
+                       CrmIntegration.enabled, CrmIntegration.last_test_ok, CrmIntegration.last_test_at,
+                       CrmIntegration.error_code, CrmIntegration.error_message, CrmIntegration.error_action,
+                       CrmIntegration.error_at),
+             load_only(BackgroundJob.status, BackgroundJob.message, BackgroundJob.created_at,
+                       BackgroundJob.finished_at),
+             load_only(Notice.message))
+)
+
+
+def _listing() -> tuple[list[CrmIntegration], BackgroundJob | None, list[Notice]]:
+    """The organization's integration of each kind, its last health job and its open notices: one statement.
+
+    The first visit makes the missing integrations (``integration_for``) and commits them; later visits write nothing.
+    """
+    result = db.session.execute(_LISTING, {"organization_id": current_user.organization_id}).all()
+    found = {integration.kind: integration for integration, _, _ in result if integration is not None}
+    notices = {notice.id: notice for _, _, notice in result if notice is not None}  # in order, once each
+    health = result[0][1] if result else None
+    rows = [found.get(kind) or integration_for(current_user.organization, kind) for kind in catalog.CRM_KINDS]
     if db.session.info.pop("uncommitted_integration", False):
         db.session.commit()
-    return rows
-
-
-# Built once (see portal.access): the listing's statements, with the organization as a parameter.
-_LAST_HEALTH = (
-    select(BackgroundJob)
-    .where(BackgroundJob.kind == "health", BackgroundJob.organization_id == bindparam("organization_id"))
-    .order_by(BackgroundJob.created_at.desc())
-    .limit(1)
-)
-_NOTICES = (
-    select(Notice)
-    .where(Notice.organization_id == bindparam("organization_id"), Notice.dismissed_at.is_(None))
-    .order_by(Notice.created_at.desc())
-    .limit(20)
-)
-
-
-def _last_health() -> BackgroundJob | None:
-    return db.session.scalar(_LAST_HEALTH, {"organization_id": current_user.organization_id})
-
-
-def _notices() -> list[Notice]:
-    return db.session.scalars(_NOTICES, {"organization_id": current_user.organization_id}).all()
+    return rows, health, list(notices.values())
 
 
 @bp.route("/crm")
 @admin_required
 def crm():
     """The listing of CRMs with their state, Edit Settings, On/Off and banners (L1–L3)."""
-    return render_template(
-        "settings/crm.html", rows=_rows(), toggle_form=ToggleForm(), health=_last_health(), csrf_form=CsrfOnlyForm(),
-        notices=_notices(), is_supplier=current_user.organization.is_supplier,
-    )
+    rows, health, notices = _listing()
+    return render_template("settings/crm.html", rows=rows, health=health, notices=notices,
+                           is_supplier=current_user.organization.is_supplier)
 
 
 @bp.route("/notices/<int:notice_id>/dismiss", methods=["POST"])
@@ -188,8 +203,7 @@ def toggle(integration_id: int):
         if was_on:
             flash(f"{integration.label} is Off.", "success")
     if is_htmx():
-        return fragment("settings/_crm_row.html", status=status, row=integration, toggle_form=ToggleForm(),
-                        refusal=refusal)
+        return fragment("settings/_crm_row.html", status=status, row=integration, refusal=refusal)
     return redirect(url_for("settings.crm"))
 
 
@@ -205,7 +219,7 @@ def health():
         timeout=30,
     )
     if is_htmx():
-        return fragment("settings/_health.html", health=row, csrf_form=CsrfOnlyForm())
+        return fragment("settings/_health.html", health=row)
     flash("Checking the background worker…", "info")
     return redirect(url_for("settings.crm"))
 
@@ -218,5 +232,4 @@ def health_status(job_id: str):
     if row is None or row.organization_id != current_user.organization_id or row.kind != "health":
         abort(404)
     stuck = jobs_state.is_stuck_in_queue(row)
-    return poll(render_template("settings/_health.html", health=row, stuck=stuck, csrf_form=CsrfOnlyForm()),
-                row.done or stuck)
+    return poll(render_template("settings/_health.html", health=row, stuck=stuck), row.done or stuck)
