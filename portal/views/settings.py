@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from datetime import datetime
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import Integer, Select, bindparam, case, func, select
+from sqlalchemy import DateTime, Integer, Select, bindparam, case, func, select, type_coerce
 from sqlalchemy.orm import load_only
 
 from .. import catalog, jobs_state, lifecycle
@@ -119,8 +121,11 @@ def _partner_queries(wanted: str) -> tuple[Select, Select]:
     """
     partner = Organization.__table__.alias("partner")
     state = case((CrmIntegration.error_code != "", "error"), (CrmIntegration.enabled.is_(True), "on"), else_="off")
-    base = (select(partner.c.id, partner.c.name, state.label("state"), CrmIntegration.last_test_ok,
-                   CrmIntegration.last_test_at, CrmIntegration.error_at)
+    # A line's values first, in _partner_line's order. The dates are only written (their wall time): read as the
+    # driver gives them, without the UTCDateTime hook's call per value.
+    base = (select(partner.c.name, state.label("state"), CrmIntegration.last_test_ok,
+                   type_coerce(CrmIntegration.last_test_at, DateTime(timezone=True)).label("last_test_at"),
+                   type_coerce(CrmIntegration.error_at, DateTime(timezone=True)).label("error_at"))
             .select_from(partner_suppliers)
             .join(partner, partner.c.id == partner_suppliers.c.partner_id)
             .outerjoin(CrmIntegration, CrmIntegration.organization_id == partner.c.id)
@@ -135,22 +140,35 @@ def _partner_queries(wanted: str) -> tuple[Select, Select]:
     return rows, select(every.c.state, func.count()).group_by(every.c.state)
 
 
-def _partner_line(row) -> Markup:
-    """A partner's line of the table, written in one call: name, state, last connection test, problem since.
+# A state's badge, as the line writes it (the state's fixed words).
+_BADGES = {s.name: f'<span class="badge badge-{s.name}" data-state="{s.value}">{s.value}</span>'
+           for s in IntegrationState}
 
-    A hundred lines a page: each value read, formatted and escaped in the template cost more than the rest.
+
+@functools.lru_cache(maxsize=4096)
+def _partner_line(values: tuple[str, str, bool | None, datetime | None, datetime | None], zones: tuple) -> str:
+    """A partner's line of the table as its body writes it: name, state, last connection test, problem since.
+
+    A hundred lines a page: drawing each cost more than the rest of the page, so a line is kept per process (LRU,
+    bounded), keyed by every value it shows: ``values`` (name, state, last_test_ok, last_test_at, error_at) and
+    ``zones``, the dates' time zones (two equal moments in two zones are written apart). Nothing of a session or a
+    user is in a line.
     """
-    state = IntegrationState[row.state]
-    name = escape(row.name)
-    tested = (f"{'Passed' if row.last_test_ok else 'Failed'} · {row.last_test_at:%Y-%m-%d %H:%M UTC}"
-              if row.last_test_at else '<span class="muted">Not tested</span>')
-    problem = f"{row.error_at:%Y-%m-%d %H:%M UTC}" if row.error_at else ""
-    # The name went through escape(); the rest are the state's fixed words and formatted dates.
-    return Markup(  # noqa: S704
-        f'<tr data-partner="{name}">\n      <th scope="row">{name}</th>\n'
-        f'      <td><span class="badge badge-{state.name}" data-state="{state.value}">{state.value}</span></td>\n'
-        f"      <td>{tested}</td>\n      <td>{problem}</td>\n    </tr>"
-    )
+    name, state, last_test_ok, last_test_at, error_at = values
+    name = escape(name)
+    tested = (f"{'Passed' if last_test_ok else 'Failed'} · {last_test_at:%Y-%m-%d %H:%M UTC}"
+              if last_test_at else '<span class="muted">Not tested</span>')
+    problem = f"{error_at:%Y-%m-%d %H:%M UTC}" if error_at else ""
+    # With the whitespace of the template's loop that wrote the lines before, so the page is the same.
+    return (f'\n    <tr data-partner="{name}">\n      <th scope="row">{name}</th>\n      <td>{_BADGES[state]}</td>\n'
+            f"      <td>{tested}</td>\n      <td>{problem}</td>\n    </tr>\n  ")
+
+
+def _partner_lines(rows: Sequence[Sequence]) -> Markup:
+    """The table's body: each row's line, from its first five values (see _partner_line)."""
+    # The names went through escape(); the rest are the states' fixed words and formatted dates.
+    return Markup("".join([_partner_line(row[:5], (row[3] and row[3].tzinfo, row[4] and row[4].tzinfo))  # noqa: S704
+                           for row in rows]))
 
 
 @bp.route("/partners")
@@ -168,17 +186,16 @@ def partners():
     page = page_arg()
     rows_query, counts_query = _partner_queries(wanted)
     supplier = {"supplier_id": current_user.organization_id}
-    rows = db.session.execute(rows_query, {**supplier, "limit": PARTNERS_PER_PAGE + 1,
-                                           "offset": (page - 1) * PARTNERS_PER_PAGE}).all()
+    rows = db.session.connection().execute(rows_query, {**supplier, "limit": PARTNERS_PER_PAGE + 1,
+                                                        "offset": (page - 1) * PARTNERS_PER_PAGE}).all()
     if rows:
         summary = {s: getattr(rows[0], f"count_{s.name}") for s in IntegrationState}
     else:  # an empty page (a state no partner is in, or past the end): the counts on their own
         counts = dict(db.session.execute(counts_query, supplier).all())
         summary = {s: counts.get(s.name, 0) for s in IntegrationState}
     more = len(rows) > PARTNERS_PER_PAGE
-    shown = [_partner_line(row) for row in rows[:PARTNERS_PER_PAGE]]
-    return render_template("settings/partners.html", rows=shown, summary=summary, page=page, more=more,
-                           state=wanted, per_page=PARTNERS_PER_PAGE)
+    return render_template("settings/partners.html", lines=_partner_lines(rows[:PARTNERS_PER_PAGE]),
+                           summary=summary, page=page, more=more, state=wanted, per_page=PARTNERS_PER_PAGE)
 
 
 @bp.route("/crm/<int:integration_id>/toggle", methods=["POST"])
