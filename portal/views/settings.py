@@ -9,7 +9,7 @@ from datetime import datetime
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import DateTime, Integer, Select, bindparam, case, func, select, type_coerce
+from sqlalchemy import DateTime, Integer, Select, bindparam, case, cast, func, null, select, type_coerce, union_all
 from sqlalchemy.orm import load_only
 
 from .. import catalog, jobs_state, lifecycle
@@ -114,15 +114,17 @@ PARTNERS_PER_PAGE = 100
 
 
 @functools.cache
-def _partner_queries(wanted: str) -> tuple[Select, Select]:
-    """A supplier's partners in one state ('' for all) with every state's count, and the counts alone.
+def _partner_query(wanted: str) -> Select:
+    """A page of a supplier's partners in one state ('' for all), then a row per state with its count: one statement.
 
-    Built once per state (see portal.access); the supplier, the page's size and its offset are parameters.
+    A partner's row has its line's values (see _partner_line) and ``partners`` NULL; a state's row has the state and
+    its number of partners in ``partners``, so an empty page still counts every state. Built once per state (see
+    portal.access); the supplier, the page's size and its offset are parameters.
     """
     partner = Organization.__table__.alias("partner")
     state = case((CrmIntegration.error_code != "", "error"), (CrmIntegration.enabled.is_(True), "on"), else_="off")
-    # A line's values first, in _partner_line's order. The dates are only written (their wall time): read as the
-    # driver gives them, without the UTCDateTime hook's call per value.
+    # The dates are only written (their wall time): read as the driver gives them, without the UTCDateTime hook's
+    # call per value.
     base = (select(partner.c.name, state.label("state"), CrmIntegration.last_test_ok,
                    type_coerce(CrmIntegration.last_test_at, DateTime(timezone=True)).label("last_test_at"),
                    type_coerce(CrmIntegration.error_at, DateTime(timezone=True)).label("error_at"))
@@ -131,13 +133,13 @@ def _partner_queries(wanted: str) -> tuple[Select, Select]:
             .outerjoin(CrmIntegration, CrmIntegration.organization_id == partner.c.id)
             .where(partner_suppliers.c.supplier_id == bindparam("supplier_id")))
     every = base.subquery()
-    # The counts ride along with the page's rows (uncorrelated subqueries, computed once): one round trip.
-    counted = [select(func.count()).select_from(every).where(every.c.state == s.name).scalar_subquery()
-               .label(f"count_{s.name}") for s in IntegrationState]
-    shown = base.where(state == wanted) if wanted else base
-    rows = (shown.add_columns(*counted).order_by(partner.c.name)
-            .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
-    return rows, select(every.c.state, func.count()).group_by(every.c.state)
+    shown = ((base.where(state == wanted) if wanted else base).order_by(partner.c.name)
+             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)).subquery())
+    both = union_all(
+        select(*shown.c, cast(null(), Integer).label("partners")),
+        select(null(), every.c.state, null(), null(), null(), func.count()).group_by(every.c.state),
+    ).subquery()
+    return select(*both.c).order_by(both.c.partners.is_not(None), both.c.name)
 
 
 # A state's badge, as the line writes it (the state's fixed words).
@@ -184,15 +186,13 @@ def partners():
     if wanted not in ("on", "off", "error"):
         wanted = ""
     page = page_arg()
-    rows_query, counts_query = _partner_queries(wanted)
-    supplier = {"supplier_id": current_user.organization_id}
-    rows = db.session.connection().execute(rows_query, {**supplier, "limit": PARTNERS_PER_PAGE + 1,
-                                                        "offset": (page - 1) * PARTNERS_PER_PAGE}).all()
-    if rows:
-        summary = {s: getattr(rows[0], f"count_{s.name}") for s in IntegrationState}
-    else:  # an empty page (a state no partner is in, or past the end): the counts on their own
-        counts = dict(db.session.execute(counts_query, supplier).all())
-        summary = {s: counts.get(s.name, 0) for s in IntegrationState}
+    rows = db.session.connection().execute(_partner_query(wanted), {
+        "supplier_id": current_user.organization_id, "limit": PARTNERS_PER_PAGE + 1,
+        "offset": (page - 1) * PARTNERS_PER_PAGE}).all()
+    counted = [row for row in rows[-len(IntegrationState):] if row.partners is not None]  # the last rows
+    counts = {row.state: row.partners for row in counted}
+    summary = {s: counts.get(s.name, 0) for s in IntegrationState}
+    rows = rows[:len(rows) - len(counted)]
     more = len(rows) > PARTNERS_PER_PAGE
     return render_template("settings/partners.html", lines=_partner_lines(rows[:PARTNERS_PER_PAGE]),
                            summary=summary, page=page, more=more, state=wanted, per_page=PARTNERS_PER_PAGE)
