@@ -173,6 +173,19 @@ def _partner_lines(rows: Sequence[Sequence]) -> Markup:
                            for row in rows]))
 
 
+_CURRENT = ' aria-current="page"'
+
+
+def _partner_counts(summary: dict[IntegrationState, int], state: str) -> Markup:
+    """The counts line: All and each state, each a link to its partners, the one shown marked as the current page."""
+    base = escape(url_for("settings.partners"))  # each state's link is it with ?state=<its name>
+    links = "".join([f'\n    · <a href="{base}?state={s.name}" class="badge badge-{s.name}"'
+                     f'{_CURRENT if state == s.name else ""}>{s.value}: {n}</a>\n  ' for s, n in summary.items()])
+    # The address went through escape(); the rest are the states' fixed words and numbers.
+    return Markup(f'<p data-summary>\n  <a href="{base}"{"" if state else _CURRENT}>'  # noqa: S704
+                  f"All: {sum(summary.values())}</a>\n  {links}\n</p>")
+
+
 @bp.route("/partners")
 @admin_required
 def partners():
@@ -195,7 +208,8 @@ def partners():
     rows = rows[:len(rows) - len(counted)]
     more = len(rows) > PARTNERS_PER_PAGE
     return render_template("settings/partners.html", lines=_partner_lines(rows[:PARTNERS_PER_PAGE]),
-                           summary=summary, page=page, more=more, state=wanted, per_page=PARTNERS_PER_PAGE)
+                           total=sum(summary.values()), counts=_partner_counts(summary, wanted), page=page,
+                           more=more, state=wanted, per_page=PARTNERS_PER_PAGE)
 
 
 @bp.route("/crm/<int:integration_id>/toggle", methods=["POST"])
