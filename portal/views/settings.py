@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from datetime import datetime
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import Integer, Select, bindparam, case, func, select
+from sqlalchemy import DateTime, Integer, Select, bindparam, case, cast, func, null, select, type_coerce, union_all
+from sqlalchemy.orm import load_only
 
 from .. import catalog, jobs_state, lifecycle
 from ..access import admin_required, own_integration
@@ -37,45 +40,59 @@ def home():
     return redirect(url_for("settings.crm"))
 
 
-def _rows() -> list[CrmIntegration]:
-    rows = [integration_for(current_user.organization, kind) for kind in catalog.CRM_KINDS]
-    # The first visit makes the rows; later visits write nothing.
+# Built once (see portal.access), with the organization as a parameter: the listing in one statement. The
+# organization's row anchors it, so the last health job and the open notices come even before any integration
+# exists; a row per integration and open notice (one kind, at most 20 notices).
+_HEALTH = BackgroundJob.__table__.alias("last_health")
+_OPEN = Notice.__table__.alias("open_notice")
+_LISTING = (
+    select(CrmIntegration, BackgroundJob, Notice)
+    .select_from(Organization)
+    .outerjoin(CrmIntegration, (CrmIntegration.organization_id == Organization.id)
+               & CrmIntegration.kind.in_(list(catalog.CRM_KINDS)))
+    .outerjoin(BackgroundJob, BackgroundJob.id == (
+        select(_HEALTH.c.id)
+        .where(_HEALTH.c.kind == "health", _HEALTH.c.organization_id == bindparam("organization_id"))
+        .order_by(_HEALTH.c.created_at.desc()).limit(1).scalar_subquery()))
+    .outerjoin(Notice, Notice.id.in_(
+        select(_OPEN.c.id)
+        .where(_OPEN.c.organization_id == bindparam("organization_id"), _OPEN.c.dismissed_at.is_(None))
+        .order_by(_OPEN.c.created_at.desc(), _OPEN.c.id.desc()).limit(20)))
+    .where(Organization.id == bindparam("organization_id"))
+    .order_by(Notice.created_at.desc(), Notice.id.desc())
+    # Only the columns the listing's templates read (another would be loaded when read, at a statement's cost).
+    .options(load_only(CrmIntegration.organization_id, CrmIntegration.kind, CrmIntegration.connection_kind,
+                       CrmIntegration.enabled, CrmIntegration.last_test_ok, CrmIntegration.last_test_at,
+                       CrmIntegration.error_code, CrmIntegration.error_message, CrmIntegration.error_action,
+                       CrmIntegration.error_at),
+             load_only(BackgroundJob.status, BackgroundJob.message, BackgroundJob.created_at,
+                       BackgroundJob.finished_at),
+             load_only(Notice.message))
+)
+
+
+def _listing() -> tuple[list[CrmIntegration], BackgroundJob | None, list[Notice]]:
+    """The organization's integration of each kind, its last health job and its open notices: one statement.
+
+    The first visit makes the missing integrations (``integration_for``) and commits them; later visits write nothing.
+    """
+    result = db.session.execute(_LISTING, {"organization_id": current_user.organization_id}).all()
+    found = {integration.kind: integration for integration, _, _ in result if integration is not None}
+    notices = {notice.id: notice for _, _, notice in result if notice is not None}  # in order, once each
+    health = result[0][1] if result else None
+    rows = [found.get(kind) or integration_for(current_user.organization, kind) for kind in catalog.CRM_KINDS]
     if db.session.info.pop("uncommitted_integration", False):
         db.session.commit()
-    return rows
-
-
-# Built once (see portal.access): the listing's statements, with the organization as a parameter.
-_LAST_HEALTH = (
-    select(BackgroundJob)
-    .where(BackgroundJob.kind == "health", BackgroundJob.organization_id == bindparam("organization_id"))
-    .order_by(BackgroundJob.created_at.desc())
-    .limit(1)
-)
-_NOTICES = (
-    select(Notice)
-    .where(Notice.organization_id == bindparam("organization_id"), Notice.dismissed_at.is_(None))
-    .order_by(Notice.created_at.desc())
-    .limit(20)
-)
-
-
-def _last_health() -> BackgroundJob | None:
-    return db.session.scalar(_LAST_HEALTH, {"organization_id": current_user.organization_id})
-
-
-def _notices() -> list[Notice]:
-    return db.session.scalars(_NOTICES, {"organization_id": current_user.organization_id}).all()
+    return rows, health, list(notices.values())
 
 
 @bp.route("/crm")
 @admin_required
 def crm():
     """The listing of CRMs with their state, Edit Settings, On/Off and banners (L1–L3)."""
-    return render_template(
-        "settings/crm.html", rows=_rows(), toggle_form=ToggleForm(), health=_last_health(), csrf_form=CsrfOnlyForm(),
-        notices=_notices(), is_supplier=current_user.organization.is_supplier,
-    )
+    rows, health, notices = _listing()
+    return render_template("settings/crm.html", rows=rows, health=health, notices=notices,
+                           is_supplier=current_user.organization.is_supplier)
 
 
 @bp.route("/notices/<int:notice_id>/dismiss", methods=["POST"])
@@ -97,45 +114,76 @@ PARTNERS_PER_PAGE = 100
 
 
 @functools.cache
-def _partner_queries(wanted: str) -> tuple[Select, Select]:
-    """A supplier's partners in one state ('' for all) with every state's count, and the counts alone.
+def _partner_query(wanted: str) -> Select:
+    """A page of a supplier's partners in one state ('' for all), then a row per state with its count: one statement.
 
-    Built once per state (see portal.access); the supplier, the page's size and its offset are parameters.
+    A partner's row has its line's values (see _partner_line) and ``partners`` NULL; a state's row has the state and
+    its number of partners in ``partners``, so an empty page still counts every state. Built once per state (see
+    portal.access); the supplier, the page's size and its offset are parameters.
     """
     partner = Organization.__table__.alias("partner")
     state = case((CrmIntegration.error_code != "", "error"), (CrmIntegration.enabled.is_(True), "on"), else_="off")
-    base = (select(partner.c.id, partner.c.name, state.label("state"), CrmIntegration.last_test_ok,
-                   CrmIntegration.last_test_at, CrmIntegration.error_at)
+    # The dates are only written (their wall time): read as the driver gives them, without the UTCDateTime hook's
+    # call per value.
+    base = (select(partner.c.name, state.label("state"), CrmIntegration.last_test_ok,
+                   type_coerce(CrmIntegration.last_test_at, DateTime(timezone=True)).label("last_test_at"),
+                   type_coerce(CrmIntegration.error_at, DateTime(timezone=True)).label("error_at"))
             .select_from(partner_suppliers)
             .join(partner, partner.c.id == partner_suppliers.c.partner_id)
             .outerjoin(CrmIntegration, CrmIntegration.organization_id == partner.c.id)
             .where(partner_suppliers.c.supplier_id == bindparam("supplier_id")))
     every = base.subquery()
-    # The counts ride along with the page's rows (uncorrelated subqueries, computed once): one round trip.
-    counted = [select(func.count()).select_from(every).where(every.c.state == s.name).scalar_subquery()
-               .label(f"count_{s.name}") for s in IntegrationState]
-    shown = base.where(state == wanted) if wanted else base
-    rows = (shown.add_columns(*counted).order_by(partner.c.name)
-            .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)))
-    return rows, select(every.c.state, func.count()).group_by(every.c.state)
+    shown = ((base.where(state == wanted) if wanted else base).order_by(partner.c.name)
+             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)).subquery())
+    both = union_all(
+        select(*shown.c, cast(null(), Integer).label("partners")),
+        select(null(), every.c.state, null(), null(), null(), func.count()).group_by(every.c.state),
+    ).subquery()
+    return select(*both.c).order_by(both.c.partners.is_not(None), both.c.name)
 
 
-def _partner_line(row) -> Markup:
-    """A partner's line of the table, written in one call: name, state, last connection test, problem since.
+# A state's badge, as the line writes it (the state's fixed words).
+_BADGES = {s.name: f'<span class="badge badge-{s.name}" data-state="{s.value}">{s.value}</span>'
+           for s in IntegrationState}
 
-    A hundred lines a page: each value read, formatted and escaped in the template cost more than the rest.
+
+@functools.lru_cache(maxsize=4096)
+def _partner_line(values: tuple[str, str, bool | None, datetime | None, datetime | None], zones: tuple) -> str:
+    """A partner's line of the table as its body writes it: name, state, last connection test, problem since.
+
+    A hundred lines a page: drawing each cost more than the rest of the page, so a line is kept per process (LRU,
+    bounded), keyed by every value it shows: ``values`` (name, state, last_test_ok, last_test_at, error_at) and
+    ``zones``, the dates' time zones (two equal moments in two zones are written apart). Nothing of a session or a
+    user is in a line.
     """
-    state = IntegrationState[row.state]
-    name = escape(row.name)
-    tested = (f"{'Passed' if row.last_test_ok else 'Failed'} · {row.last_test_at:%Y-%m-%d %H:%M UTC}"
-              if row.last_test_at else '<span class="muted">Not tested</span>')
-    problem = f"{row.error_at:%Y-%m-%d %H:%M UTC}" if row.error_at else ""
-    # The name went through escape(); the rest are the state's fixed words and formatted dates.
-    return Markup(  # noqa: S704
-        f'<tr data-partner="{name}">\n      <th scope="row">{name}</th>\n'
-        f'      <td><span class="badge badge-{state.name}" data-state="{state.value}">{state.value}</span></td>\n'
-        f"      <td>{tested}</td>\n      <td>{problem}</td>\n    </tr>"
-    )
+    name, state, last_test_ok, last_test_at, error_at = values
+    name = escape(name)
+    tested = (f"{'Passed' if last_test_ok else 'Failed'} · {last_test_at:%Y-%m-%d %H:%M UTC}"
+              if last_test_at else '<span class="muted">Not tested</span>')
+    problem = f"{error_at:%Y-%m-%d %H:%M UTC}" if error_at else ""
+    # With the whitespace of the template's loop that wrote the lines before, so the page is the same.
+    return (f'\n    <tr data-partner="{name}">\n      <th scope="row">{name}</th>\n      <td>{_BADGES[state]}</td>\n'
+            f"      <td>{tested}</td>\n      <td>{problem}</td>\n    </tr>\n  ")
+
+
+def _partner_lines(rows: Sequence[Sequence]) -> Markup:
+    """The table's body: each row's line, from its first five values (see _partner_line)."""
+    # The names went through escape(); the rest are the states' fixed words and formatted dates.
+    return Markup("".join([_partner_line(row[:5], (row[3] and row[3].tzinfo, row[4] and row[4].tzinfo))  # noqa: S704
+                           for row in rows]))
+
+
+_CURRENT = ' aria-current="page"'
+
+
+def _partner_counts(summary: dict[IntegrationState, int], state: str) -> Markup:
+    """The counts line: All and each state, each a link to its partners, the one shown marked as the current page."""
+    base = escape(url_for("settings.partners"))  # each state's link is it with ?state=<its name>
+    links = "".join([f'\n    · <a href="{base}?state={s.name}" class="badge badge-{s.name}"'
+                     f'{_CURRENT if state == s.name else ""}>{s.value}: {n}</a>\n  ' for s, n in summary.items()])
+    # The address went through escape(); the rest are the states' fixed words and numbers.
+    return Markup(f'<p data-summary>\n  <a href="{base}"{"" if state else _CURRENT}>'  # noqa: S704
+                  f"All: {sum(summary.values())}</a>\n  {links}\n</p>")
 
 
 @bp.route("/partners")
@@ -151,19 +199,17 @@ def partners():
     if wanted not in ("on", "off", "error"):
         wanted = ""
     page = page_arg()
-    rows_query, counts_query = _partner_queries(wanted)
-    supplier = {"supplier_id": current_user.organization_id}
-    rows = db.session.execute(rows_query, {**supplier, "limit": PARTNERS_PER_PAGE + 1,
-                                           "offset": (page - 1) * PARTNERS_PER_PAGE}).all()
-    if rows:
-        summary = {s: getattr(rows[0], f"count_{s.name}") for s in IntegrationState}
-    else:  # an empty page (a state no partner is in, or past the end): the counts on their own
-        counts = dict(db.session.execute(counts_query, supplier).all())
-        summary = {s: counts.get(s.name, 0) for s in IntegrationState}
+    rows = db.session.connection().execute(_partner_query(wanted), {
+        "supplier_id": current_user.organization_id, "limit": PARTNERS_PER_PAGE + 1,
+        "offset": (page - 1) * PARTNERS_PER_PAGE}).all()
+    counted = [row for row in rows[-len(IntegrationState):] if row.partners is not None]  # the last rows
+    counts = {row.state: row.partners for row in counted}
+    summary = {s: counts.get(s.name, 0) for s in IntegrationState}
+    rows = rows[:len(rows) - len(counted)]
     more = len(rows) > PARTNERS_PER_PAGE
-    shown = [_partner_line(row) for row in rows[:PARTNERS_PER_PAGE]]
-    return render_template("settings/partners.html", rows=shown, summary=summary, page=page, more=more,
-                           state=wanted, per_page=PARTNERS_PER_PAGE)
+    return render_template("settings/partners.html", lines=_partner_lines(rows[:PARTNERS_PER_PAGE]),
+                           total=sum(summary.values()), counts=_partner_counts(summary, wanted), page=page,
+                           more=more, state=wanted, per_page=PARTNERS_PER_PAGE)
 
 
 @bp.route("/crm/<int:integration_id>/toggle", methods=["POST"])
@@ -188,8 +234,7 @@ def toggle(integration_id: int):
         if was_on:
             flash(f"{integration.label} is Off.", "success")
     if is_htmx():
-        return fragment("settings/_crm_row.html", status=status, row=integration, toggle_form=ToggleForm(),
-                        refusal=refusal)
+        return fragment("settings/_crm_row.html", status=status, row=integration, refusal=refusal)
     return redirect(url_for("settings.crm"))
 
 
@@ -205,7 +250,7 @@ def health():
         timeout=30,
     )
     if is_htmx():
-        return fragment("settings/_health.html", health=row, csrf_form=CsrfOnlyForm())
+        return fragment("settings/_health.html", health=row)
     flash("Checking the background worker…", "info")
     return redirect(url_for("settings.crm"))
 
@@ -218,5 +263,4 @@ def health_status(job_id: str):
     if row is None or row.organization_id != current_user.organization_id or row.kind != "health":
         abort(404)
     stuck = jobs_state.is_stuck_in_queue(row)
-    return poll(render_template("settings/_health.html", health=row, stuck=stuck, csrf_form=CsrfOnlyForm()),
-                row.done or stuck)
+    return poll(render_template("settings/_health.html", health=row, stuck=stuck), row.done or stuck)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from flask import Flask
@@ -13,7 +12,7 @@ from werkzeug.datastructures import MultiDict
 from wtforms import widgets
 
 from portal import forms
-from portal.views.settings import _partner_line
+from portal.views.settings import _partner_lines
 from portal.widgets import labelled_field
 
 # Quotes, <, & and control characters: what a partner could type into a name or a setting.
@@ -107,7 +106,8 @@ def test_labelled_field_escapes_errors_help_and_label(app):
 
 
 def _partner(name, state="on", ok=True, tested=None, error_at=None):
-    return SimpleNamespace(name=name, state=state, last_test_ok=ok, last_test_at=tested, error_at=error_at)
+    """A row of the supplier's query: a line's values first, then what the line does not show (the counts)."""
+    return (name, state, ok, tested, error_at, 1, 2, 3)
 
 
 def test_partner_lines_write_what_the_template_wrote_and_escape_the_name(app):
@@ -115,15 +115,37 @@ def test_partner_lines_write_what_the_template_wrote_and_escape_the_name(app):
     rows = [_partner(HOSTILE), _partner("A & B <GmbH>", "error", False, moment, moment),
             _partner("Plain", "off", True, moment), _partner("\"quoted\"", "on", None, None, moment)]
     old_lines = []
-    for row in rows:
-        tested = (f"{'Passed' if row.last_test_ok else 'Failed'} · {row.last_test_at:%Y-%m-%d %H:%M UTC}"
-                  if row.last_test_at else "")
-        state = {"on": "On", "off": "Off", "error": "Error"}[row.state]
-        problem = f"{row.error_at:%Y-%m-%d %H:%M UTC}" if row.error_at else ""
-        old_lines.append((row.name, row.state, state, tested, problem))
+    for name, state_name, last_test_ok, last_test_at, error_at, *_counts in rows:
+        tested = (f"{'Passed' if last_test_ok else 'Failed'} · {last_test_at:%Y-%m-%d %H:%M UTC}"
+                  if last_test_at else "")
+        state = {"on": "On", "off": "Off", "error": "Error"}[state_name]
+        problem = f"{error_at:%Y-%m-%d %H:%M UTC}" if error_at else ""
+        old_lines.append((name, state_name, state, tested, problem))
     old = app.jinja_env.from_string(OLD_PARTNER_LINE)
-    new = app.jinja_env.from_string("{% for line in rows %}\n    {{ line }}\n  {% endfor %}")
-    assert old.render(rows=old_lines) == new.render(rows=[_partner_line(row) for row in rows])
-    line = _partner_line(rows[0])
+    new = app.jinja_env.from_string("{{ lines }}")
+    assert old.render(rows=old_lines) == new.render(lines=_partner_lines(rows))
+    line = _partner_lines(rows[:1])
     assert "<b>" not in line and "\x01\x1f\x7f" in line
     assert 'data-partner="say &#34;hi&#34; &amp; &lt;b&gt;bye&lt;/b&gt; &#39;single&#39; ' in line
+
+
+def test_kept_partner_lines_are_keyed_by_every_value_they_show(app):
+    """A kept line is never served for another value: each value changed, and equal moments in two zones."""
+    from datetime import UTC, timedelta, timezone
+
+    from portal.views.settings import _partner_line
+
+    assert _partner_line.cache_info().maxsize  # bounded
+    utc = datetime(2026, 11, 30, 9, 5, tzinfo=UTC)
+    paris = utc.astimezone(timezone(timedelta(hours=1)))
+    assert utc == paris
+    first = _partner_lines([_partner("Same", "error", True, utc, utc)])
+    assert "2026-11-30 09:05 UTC" in first
+    moved = _partner_lines([_partner("Same", "error", True, paris, paris)])
+    assert "2026-11-30 10:05 UTC" in moved and "09:05" not in moved
+    for changed in (_partner("Other", "error", True, utc, utc), _partner("Same", "on", True, utc, utc),
+                    _partner("Same", "error", False, utc, utc), _partner("Same", "error", None, utc, utc),
+                    _partner("Same", "error", True, utc + timedelta(minutes=1), utc),
+                    _partner("Same", "error", True, utc, None), _partner("Same", "error", True, None, utc)):
+        assert _partner_lines([changed]) != first, changed
+    assert _partner_lines([_partner("Same", "error", True, utc, utc)]) == first
