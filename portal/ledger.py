@@ -10,11 +10,9 @@ from typing import NamedTuple
 
 from flask import current_app
 from sqlalchemy import and_, bindparam, func, select
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.functions import FunctionElement
 
 from .extensions import db
-from .models import CrmIntegration, UTCDateTime, utcnow
+from .models import CrmIntegration, UTCDateTime, utc_moment, utcnow
 from .platform_models import RunStatus, SyncFailure, SyncRun
 from .wording import counted
 
@@ -89,24 +87,6 @@ class RunLine(NamedTuple):
 
     done = SyncRun.done
     percent = SyncRun.percent
-
-
-class utc_moment(FunctionElement):  # noqa: N801 - an SQL function's name
-    """A stored moment read as its UTC wall time, which the driver reads much faster than a zoned timestamp (in
-    PostgreSQL; elsewhere as stored); UTCDateTime makes it zone-aware again, so the value is the same moment."""
-
-    type = UTCDateTime()
-    inherit_cache = True
-
-
-@compiles(utc_moment)
-def _as_stored(element: utc_moment, compiler, **kw) -> str:
-    return compiler.process(element.clauses, **kw)
-
-
-@compiles(utc_moment, "postgresql")
-def _utc_wall_time(element: utc_moment, compiler, **kw) -> str:
-    return f"timezone('UTC', {compiler.process(element.clauses, **kw)})"
 
 
 class HistoryHead(NamedTuple):

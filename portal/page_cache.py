@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -57,6 +57,16 @@ class RenderedCache:
                 self._items.move_to_end(key)
             return value
 
+    def get_many(self, keys: Sequence[Hashable]) -> list[Any]:
+        """The value kept under each key (None where none is), each now among the most recently used: one lock."""
+        with self._lock:
+            items = self._items
+            found = [items.get(key) for key in keys]
+            for key, value in zip(keys, found, strict=True):
+                if value is not None:
+                    items.move_to_end(key)
+            return found
+
     def put(self, key: Hashable, value: Any) -> None:
         """Keep ``value`` under ``key``, dropping the least recently used beyond the size or the characters."""
         if self.size <= 0:
@@ -87,16 +97,16 @@ class RenderedCache:
         return len(self._items)
 
 
-def app_cache(name: str) -> RenderedCache:
-    """The app's cache called ``name``, sized by ``RENDERED_CACHE_SIZE`` (0 turns caching off) and
-    ``RENDERED_CACHE_BYTES`` (the characters of text it keeps).
+def app_cache(name: str, scale: int = 1) -> RenderedCache:
+    """The app's cache called ``name``, sized by ``RENDERED_CACHE_SIZE`` (0 turns caching off) times ``scale`` (a
+    cache of a page's lines keeps many small parts) and ``RENDERED_CACHE_BYTES`` (the characters of text it keeps).
 
     Off while templates reload when they change (debug): a kept part would not follow an edited template.
     """
     caches = current_app.extensions.setdefault("rendered_caches", {})
     found = caches.get(name)
     if found is None:
-        size = 0 if current_app.jinja_env.auto_reload else current_app.config["RENDERED_CACHE_SIZE"]
+        size = 0 if current_app.jinja_env.auto_reload else current_app.config["RENDERED_CACHE_SIZE"] * scale
         found = caches.setdefault(name, RenderedCache(size, current_app.config["RENDERED_CACHE_BYTES"]))
     return found
 
@@ -137,3 +147,14 @@ def cached_markup(cache: RenderedCache, key: Hashable, draw: Callable[[], tuple[
         drawn_key, found = draw()
         cache.put(drawn_key, found)
     return found
+
+
+def kept_lines(cache: RenderedCache, keys: Sequence[Hashable], draw: Callable[[Any], str]) -> list[str]:
+    """A page's lines, each under its key (every value the line shows): kept ones from the cache, the others drawn
+    by ``draw(key)`` and kept."""
+    lines = cache.get_many(keys)
+    for index, line in enumerate(lines):
+        if line is None:
+            line = lines[index] = draw(keys[index])
+            cache.put(keys[index], line)
+    return lines

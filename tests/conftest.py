@@ -238,6 +238,32 @@ def connected(app, factory, partner_admin, crm) -> dict:
 
 
 @contextlib.contextmanager
+def session_time_zone(app, zone: str):
+    """Inside the block, PostgreSQL sessions run in ZONE (as a server configured far from UTC would): it gives
+    zoned timestamps in that zone. SQLite has no session time zone: the block changes nothing there."""
+    from sqlalchemy import event
+
+    with app.app_context():
+        engine = db.engine
+
+    def set_zone(dbapi_connection, _record):
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f"SET TIME ZONE '{zone}'")
+        dbapi_connection.commit()
+
+    postgres = engine.dialect.name == "postgresql"
+    if postgres:
+        event.listen(engine, "connect", set_zone)
+        engine.dispose()
+    try:
+        yield
+    finally:
+        if postgres:
+            event.remove(engine, "connect", set_zone)
+            engine.dispose()
+
+
+@contextlib.contextmanager
 def count_statements(app):
     """The SQL statements the app runs inside the block, as a list (its length is the count)."""
     from sqlalchemy import event

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 from flask import (
     Blueprint,
     Response,
@@ -25,6 +23,7 @@ from ..access import admin_required, own_integration
 from ..extensions import db
 from ..forms import CsrfOnlyForm
 from ..models import CrmIntegration, audit
+from ..page_cache import app_cache, kept_lines
 from ..platform_models import SyncRun
 from . import DB_INT_MAX, id_arg
 from .htmx import fragment, is_htmx, poll, require_csrf
@@ -105,13 +104,13 @@ def run_row(run: SyncRun, run_url: str | None = None, focus: bool = False, annou
     )
 
 
-# A finished run's line never changes unless a value it shows does: drawn once per process and kept, keyed by the
-# run's row itself (every value the line shows, the run's and its integration's ids among them) and the runs'
-# address; bounded, and holding nothing of a user or a session. A queued or running line polls and shows progress,
-# and the line that announces a run's end is drawn once: those are always drawn afresh.
-@functools.lru_cache(maxsize=4096)
-def _finished_line(run: ledger.RunLine, run_url: str) -> Markup:
-    """A finished run's line, as run_row draws it."""
+# A finished run's line never changes unless a value it shows does: drawn once per process and kept (page_cache),
+# keyed by the run's row itself (every value the line shows, the run's and its integration's ids among them) and the
+# runs' address; holding nothing of a user or a session. A queued or running line polls and shows progress, and the
+# line that announces a run's end is drawn once: those are always drawn afresh.
+def _finished_line(key: tuple[ledger.RunLine, str]) -> str:
+    """A finished run's line, as run_row draws it, from its key (the run's row and the runs' address)."""
+    run, run_url = key
     return run_row(run, run_url)
 
 
@@ -119,7 +118,9 @@ def _finished_line(run: ledger.RunLine, run_url: str) -> Markup:
 def run_lines(runs: list[ledger.RunLine], run_url: str, focus_newest: bool = False) -> Markup:
     """The history's lines, newest first; after Sync now or Preview (FOCUS_NEWEST) the newest is the focus target,
     and says so once if it is already done."""
-    lines = [_finished_line(run, run_url) if run.done else run_row(run, run_url) for run in runs]
+    finished = [(run, run_url) for run in runs if run.done]
+    kept = iter(kept_lines(app_cache("history-lines", scale=16), finished, _finished_line))
+    lines = [next(kept) if run.done else run_row(run, run_url) for run in runs]
     if focus_newest and runs:
         lines[0] = run_row(runs[0], run_url, focus=True, announce=runs[0].done)
     return Markup("".join(lines))  # noqa: S704 - every line drawn by run_row

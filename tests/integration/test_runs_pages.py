@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from portal import ledger, queues
 from portal.extensions import db
 from portal.models import CrmIntegration, utcnow
 from portal.platform_models import RunStatus, SyncFailure, SyncRun
-from portal.views.runs import _finished_line, run_lines, run_row, status_badge, when
+from portal.views.runs import run_lines, run_row, status_badge, when
 
 from ..conftest import PASSWORD, Auth, count_statements
 from .sync_helpers import configure, make_leads
@@ -566,5 +566,21 @@ def test_paging_before_an_id_and_past_the_oldest(app, partner_admin, client):
     assert client.get(f"/settings/crm/{iid}/runs?before=junk").text.count('<tr id="run-') == 50
 
 
-def test_kept_lines_are_bounded():
-    assert 0 < _finished_line.cache_info().maxsize <= 10_000
+def test_kept_lines_are_bounded(app):
+    from portal.page_cache import app_cache
+
+    with app.test_request_context():
+        cache = app_cache("history-lines", scale=16)
+        assert 0 < cache.size <= 100_000 and cache.max_chars
+
+
+def test_a_run_s_moments_are_written_in_utc_whatever_the_database_s_time_zone(app, partner_admin, client):
+    from ..conftest import session_time_zone
+
+    iid = partner_admin["integration_id"]
+    moment = datetime(2026, 11, 30, 9, 5, 7, tzinfo=UTC)
+    add_run(app, iid, created_at=moment, started_at=moment, finished_at=moment + timedelta(seconds=3))
+    with session_time_zone(app, "Pacific/Auckland"):
+        text = client.get(f"/settings/crm/{iid}/runs").text
+    assert '<time datetime="2026-11-30T09:05:07+00:00">2026-11-30 09:05:07 UTC</time>' in text
+    assert '<time datetime="2026-11-30T09:05:10+00:00">2026-11-30 09:05:10 UTC</time>' in text

@@ -29,7 +29,7 @@ from portal.models import (
 )
 from portal.views import settings
 
-from ..conftest import count_statements
+from ..conftest import count_statements, session_time_zone
 
 BEFORE = Path(__file__).resolve().parents[1] / "fixtures" / "markup"
 TEMPLATES = {"settings/crm.html": "crm_before.html", "settings/_crm_row.html": "crm_row_before.html",
@@ -258,3 +258,16 @@ def test_a_partner_is_drawn_as_it_is_now(app, factory, auth, client, state):
                    {"error_code": "", "error_at": None, "enabled": False}):
         _integration(app, iid, **change)
         _same_as_before(app, client, email, path, "settings/partners.html", _partners_before(supplier, state, 1, 100))
+
+
+def test_a_partner_s_dates_are_written_in_utc_whatever_the_database_s_time_zone(app, factory, auth, client):
+    """"09:05 UTC" is the moment's UTC time even where the database's sessions run far from UTC."""
+    factory.org("Acme Supplier", "supplier")
+    auth.login(factory.user("boss@acme.example", "Acme Supplier", "admin"))
+    org = factory.org("Far Partner", "partner", ("Acme Supplier",))
+    iid = factory.integration(org, last_test_ok=True, last_test_at=MOMENT)
+    _integration(app, iid, error_code="auth_failed", error_at=MOMENT + timedelta(hours=2))
+    with session_time_zone(app, "Pacific/Auckland"):
+        text = client.get("/settings/partners").text
+    assert "Failed · 2026-11-30 09:05 UTC" in text or "Passed · 2026-11-30 09:05 UTC" in text
+    assert "<td>2026-11-30 11:05 UTC</td>" in text

@@ -36,7 +36,8 @@ BEFORE = Path(__file__).resolve().parents[1] / "fixtures" / "markup"
 def app():
     """A bare app on the portal's templates (autoescaped as the portal's), without CSRF, in a request."""
     flask_app = Flask(__name__, template_folder=str(TEMPLATES))
-    flask_app.config.update(SECRET_KEY="unit", WTF_CSRF_ENABLED=False)
+    flask_app.config.update(SECRET_KEY="unit", WTF_CSRF_ENABLED=False, RENDERED_CACHE_SIZE=256,
+                            RENDERED_CACHE_BYTES=16_000_000)
     with flask_app.test_request_context():
         yield flask_app
 
@@ -130,22 +131,22 @@ def test_partner_lines_write_what_the_template_wrote_and_escape_the_name(app):
 
 
 def test_kept_partner_lines_are_keyed_by_every_value_they_show(app):
-    """A kept line is never served for another value: each value changed, and equal moments in two zones."""
-    from datetime import UTC, timedelta, timezone
+    """A kept line is never served for another value; the cache keeping them is bounded."""
+    from datetime import timedelta
 
-    from portal.views.settings import _partner_line
+    from portal.page_cache import app_cache
 
-    assert _partner_line.cache_info().maxsize  # bounded
-    utc = datetime(2026, 11, 30, 9, 5, tzinfo=UTC)
-    paris = utc.astimezone(timezone(timedelta(hours=1)))
-    assert utc == paris
-    first = _partner_lines([_partner("Same", "error", True, utc, utc)])
-    assert "2026-11-30 09:05 UTC" in first
-    moved = _partner_lines([_partner("Same", "error", True, paris, paris)])
-    assert "2026-11-30 10:05 UTC" in moved and "09:05" not in moved
-    for changed in (_partner("Other", "error", True, utc, utc), _partner("Same", "on", True, utc, utc),
-                    _partner("Same", "error", False, utc, utc), _partner("Same", "error", None, utc, utc),
-                    _partner("Same", "error", True, utc + timedelta(minutes=1), utc),
-                    _partner("Same", "error", True, utc, None), _partner("Same", "error", True, None, utc)):
-        assert _partner_lines([changed]) != first, changed
-    assert _partner_lines([_partner("Same", "error", True, utc, utc)]) == first
+    with app.test_request_context():
+        cache = app_cache("partner-lines", scale=16)
+        assert 0 < cache.size <= 100_000 and cache.max_chars
+        moment = datetime(2026, 11, 30, 9, 5)  # a UTC wall time, as the page's statement reads it
+        first = _partner_lines([_partner("Same", "error", True, moment, moment)])
+        assert "2026-11-30 09:05 UTC" in first
+        for changed in (_partner("Other", "error", True, moment, moment), _partner("Same", "on", True, moment, moment),
+                        _partner("Same", "error", False, moment, moment),
+                        _partner("Same", "error", None, moment, moment),
+                        _partner("Same", "error", True, moment + timedelta(minutes=1), moment),
+                        _partner("Same", "error", True, moment, None), _partner("Same", "error", True, None, moment)):
+            assert _partner_lines([changed]) != first, changed
+        assert _partner_lines([_partner("Same", "error", True, moment, moment)]) == first
+        assert len(cache) == 8
