@@ -107,7 +107,13 @@ def run_row(run: SyncRun, run_url: str | None = None, focus: bool = False, annou
 # A finished run's line never changes unless a value it shows does: drawn once per process and kept (page_cache),
 # keyed by the run's row itself (every value the line shows, the run's and its integration's ids among them) and the
 # runs' address; holding nothing of a user or a session. A queued or running line polls and shows progress, and the
-# line that announces a run's end is drawn once: those are always drawn afresh.
+# line that announces a run's end is drawn once: those are always drawn afresh. So is an ended run without its end
+# (its worker died between the fault and the end): its duration runs to the clock, which no key holds.
+def _settled(run: ledger.RunLine) -> bool:
+    """True for a line that only its values draw: the run ended, and its duration (if any) has an end."""
+    return run.done and (run.finished_at is not None or run.started_at is None)
+
+
 def _finished_line(key: tuple[ledger.RunLine, str]) -> str:
     """A finished run's line, as run_row draws it, from its key (the run's row and the runs' address)."""
     run, run_url = key
@@ -118,9 +124,9 @@ def _finished_line(key: tuple[ledger.RunLine, str]) -> str:
 def run_lines(runs: list[ledger.RunLine], run_url: str, focus_newest: bool = False) -> Markup:
     """The history's lines, newest first; after Sync now or Preview (FOCUS_NEWEST) the newest is the focus target,
     and says so once if it is already done."""
-    finished = [(run, run_url) for run in runs if run.done]
+    finished = [(run, run_url) for run in runs if _settled(run)]
     kept = iter(kept_lines(app_cache("history-lines", scale=16), finished, _finished_line))
-    lines = [next(kept) if run.done else run_row(run, run_url) for run in runs]
+    lines = [next(kept) if _settled(run) else run_row(run, run_url) for run in runs]
     if focus_newest and runs:
         lines[0] = run_row(runs[0], run_url, focus=True, announce=runs[0].done)
     return Markup("".join(lines))  # noqa: S704 - every line drawn by run_row

@@ -584,3 +584,18 @@ def test_a_run_s_moments_are_written_in_utc_whatever_the_database_s_time_zone(ap
         text = client.get(f"/settings/crm/{iid}/runs").text
     assert '<time datetime="2026-11-30T09:05:07+00:00">2026-11-30 09:05:07 UTC</time>' in text
     assert '<time datetime="2026-11-30T09:05:10+00:00">2026-11-30 09:05:10 UTC</time>' in text
+
+
+def test_a_stopped_run_without_its_end_is_not_kept_at_the_duration_of_its_first_drawing(app, partner_admin, client,
+                                                                                       monkeypatch):
+    """A run that ended with no finished_at (its worker died between the fault and the end) measures its duration
+    against the clock: its line is drawn afresh, as before, not kept with the clock of the first drawing."""
+    iid = partner_admin["integration_id"]
+    now = utcnow()
+    run_id = add_run(app, iid, status=RunStatus.failed, started_at=now - timedelta(hours=1), finished_at=None,
+                     message="stopped")
+    path = f"/settings/crm/{iid}/runs"
+    monkeypatch.setattr(ledger, "utcnow", lambda: now)
+    assert "1 h 00 min" in _line(client.get(path).text, run_id)
+    monkeypatch.setattr(ledger, "utcnow", lambda: now + timedelta(hours=2))
+    assert "3 h 00 min" in _line(client.get(path).text, run_id)
