@@ -8,10 +8,10 @@ from typing import Any
 
 from flask import abort
 from flask_login import current_user, login_required
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 
 from .extensions import db, login_manager
-from .models import CrmIntegration, User
+from .models import OWN_INTEGRATION, CrmIntegration, User
 
 
 @login_manager.user_loader
@@ -44,10 +44,7 @@ def admin_required(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 # Built once: a statement built per request costs more CPU than running it (SQLAlchemy caches the compiled SQL,
 # not the building of the statement nor its cache key).
-_OWN_INTEGRATION = select(CrmIntegration).where(
-    CrmIntegration.id == bindparam("integration_id"),
-    CrmIntegration.organization_id == bindparam("organization_id"),
-)
+_OWN_INTEGRATION = select(CrmIntegration).where(*OWN_INTEGRATION)
 
 
 def own_integration(integration_id: int) -> CrmIntegration:

@@ -12,7 +12,7 @@ from flask import current_app
 from sqlalchemy import and_, bindparam, func, select
 
 from .extensions import db
-from .models import CrmIntegration, UTCDateTime, utc_moment, utcnow
+from .models import OWN_INTEGRATION, CrmIntegration, UTCDateTime, utc_moment, utcnow
 from .platform_models import RunStatus, SyncFailure, SyncRun
 from .wording import counted
 
@@ -109,12 +109,10 @@ class HistoryHead(NamedTuple):
 _HEAD = [getattr(CrmIntegration, name) for name in HistoryHead._fields]
 _LINE = [utc_moment(column).label(column.key) if isinstance(column.type, UTCDateTime) else column
          for column in (getattr(SyncRun, name) for name in RunLine._fields)]
-_OWNED = (CrmIntegration.id == bindparam("integration_id"),
-          CrmIntegration.organization_id == bindparam("organization_id"))
-_HISTORY = (select(*_HEAD, *_LINE).where(*_OWNED)
+_HISTORY = (select(*_HEAD, *_LINE).where(*OWN_INTEGRATION)
             .outerjoin(SyncRun, SyncRun.integration_id == CrmIntegration.id)
             .order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1))
-_HISTORY_BEFORE = (select(*_HEAD, *_LINE).where(*_OWNED)
+_HISTORY_BEFORE = (select(*_HEAD, *_LINE).where(*OWN_INTEGRATION)
                    .outerjoin(SyncRun, and_(SyncRun.integration_id == CrmIntegration.id,
                                             SyncRun.id < bindparam("before")))
                    .order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1))

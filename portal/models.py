@@ -524,6 +524,11 @@ def audit(user: User | None, org_id: int, action: str, fields: list[str], integr
     )
 
 
+# The tenancy rule of every statement that reads an integration for a signed-in user: this id, and only if it is this
+# organization's (parameters integration_id and organization_id). Another tenant's integration reads as none (P3).
+OWN_INTEGRATION = (CrmIntegration.id == bindparam("integration_id"),
+                   CrmIntegration.organization_id == bindparam("organization_id"))
+
 _INTEGRATION_FOR = select(CrmIntegration).where(  # built once (see portal.access)
     CrmIntegration.organization_id == bindparam("organization_id"), CrmIntegration.kind == bindparam("kind"))
 

@@ -15,7 +15,16 @@ from ..access import admin_required, own_integration
 from ..crypto import encrypt
 from ..extensions import db
 from ..forms import AdvancedForm, ConnectionForm, GeneralForm, UsageForm, choices, url_problem
-from ..models import BackgroundJob, CrmIntegration, JobStatus, Organization, audit, partner_suppliers, utcnow
+from ..models import (
+    OWN_INTEGRATION,
+    BackgroundJob,
+    CrmIntegration,
+    JobStatus,
+    Organization,
+    audit,
+    partner_suppliers,
+    utcnow,
+)
 from ..queues import QUEUE_TESTS
 from .htmx import fragment, is_htmx, poll, require_csrf
 
@@ -131,8 +140,7 @@ _DRAWN_FROM = (
     .outerjoin(BackgroundJob, BackgroundJob.id == _latest_test_id(CrmIntegration.id))
     .outerjoin(partner_suppliers, partner_suppliers.c.partner_id == CrmIntegration.organization_id)
     .outerjoin(_SUPPLIER, _SUPPLIER.id == partner_suppliers.c.supplier_id)
-    .where(CrmIntegration.id == bindparam("integration_id"),
-           CrmIntegration.organization_id == bindparam("organization_id"))
+    .where(*OWN_INTEGRATION)
     .order_by(_SUPPLIER.name)
 )
 

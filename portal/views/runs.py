@@ -124,9 +124,10 @@ def _finished_line(key: tuple[ledger.RunLine, str]) -> str:
 def run_lines(runs: list[ledger.RunLine], run_url: str, focus_newest: bool = False) -> Markup:
     """The history's lines, newest first; after Sync now or Preview (FOCUS_NEWEST) the newest is the focus target,
     and says so once if it is already done."""
-    finished = [(run, run_url) for run in runs if _settled(run)]
-    kept = iter(kept_lines(app_cache("history-lines", scale=16), finished, _finished_line))
-    lines = [next(kept) if _settled(run) else run_row(run, run_url) for run in runs]
+    settled = [_settled(run) for run in runs]
+    finished = [(run, run_url) for run, kept in zip(runs, settled, strict=True) if kept]
+    drawn = iter(kept_lines(app_cache("history-lines", scale=16), finished, _finished_line))
+    lines = [next(drawn) if kept else run_row(run, run_url) for run, kept in zip(runs, settled, strict=True)]
     if focus_newest and runs:
         lines[0] = run_row(runs[0], run_url, focus=True, announce=runs[0].done)
     return Markup("".join(lines))  # noqa: S704 - every line drawn by run_row
