@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from flask import current_app
-from sqlalchemy import and_, bindparam, func, select
+from sqlalchemy import Select, and_, bindparam, case, func, literal_column, or_, select, true
 
 from .extensions import db
-from .models import OWN_INTEGRATION, CrmIntegration, UTCDateTime, utc_moment, utcnow
+from .models import OWN_INTEGRATION, CrmIntegration, UTCDateTime, page_text, utc_moment, utcnow, values_text
 from .platform_models import RunStatus, SyncFailure, SyncRun
 from .wording import counted
 
@@ -61,9 +62,12 @@ def running_run(integration_id: int) -> SyncRun | None:
 
 
 class RunLine(NamedTuple):
-    """A run as the history's list reads it: the columns its line shows, as a Core row (not an ORM object).
+    """A run as the history's list reads it: the values its line shows, read from the text the database writes of
+    them (see :func:`history_page`), not an ORM object.
 
-    ``done`` and ``percent`` are SyncRun's own properties, so the list and a run's page cannot disagree.
+    ``done`` and ``percent`` are SyncRun's own properties, so the list and a run's page cannot disagree. ``settled``
+    (1 or 0, from the database) says the line is drawn from its values alone: the run ended and its duration, if
+    it has one, has an end (a run whose worker died between the fault and the end measures to the clock).
     """
 
     id: int
@@ -84,9 +88,31 @@ class RunLine(NamedTuple):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    settled: int
 
     done = SyncRun.done
     percent = SyncRun.percent
+
+    @classmethod
+    def read(cls, line: str) -> RunLine:
+        """The run from its line's text (a JSON array of the fields, in order, as models.values_text writes it)."""
+        values = json.loads(line)
+        for index, convert in _READ:
+            if values[index] is not None:
+                values[index] = convert(values[index])
+        return cls._make(values)
+
+
+def _moment(text: str) -> datetime:
+    """A moment the database wrote as its UTC wall time (or, SQLite, as stored), zone-aware."""
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# How a field that JSON does not carry as such is read back (the rest are numbers, texts and null as they are).
+_READ = [(RunLine._fields.index(name), convert) for name, convert in (
+    ("dry_run", bool), ("full", bool), ("status", RunStatus),
+    ("created_at", _moment), ("started_at", _moment), ("finished_at", _moment))]
 
 
 class HistoryHead(NamedTuple):
@@ -103,26 +129,73 @@ class HistoryHead(NamedTuple):
     state = CrmIntegration.state
 
 
+class HistoryPage(NamedTuple):
+    """A page of the history: its integration, its runs' lines (newest first) and the id to ask for older ones.
+
+    Each line is the text the database writes of the values a run's line shows (``RunLine.read`` reads it; it is
+    also the key of that line's markup). ``key`` is every line as one text (models.page_text), or None while a line
+    still changes (see RunLine.settled); ``unchanged`` says the key is the one the caller knew, and then no line
+    was read.
+    """
+
+    head: HistoryHead
+    lines: tuple[str, ...]
+    older: int | None
+    key: str | None
+    unchanged: bool
+
+    @property
+    def runs(self) -> list[RunLine]:
+        """The runs of the page, read from their lines."""
+        return [RunLine.read(line) for line in self.lines]
+
+
 # One statement a page: the integration, only if it is the organization's, with a page of its runs (the outer join
-# keeps the integration when it has none). The steps (kilobytes of JSON a run) are not read.
+# keeps the integration when it has none) and the key of that page. Given the key it last drew (``known``), the
+# caller gets the runs only when the key changed. Each run comes as one text of the values its line shows (a few
+# columns cost the driver far less than many); the steps (kilobytes of JSON a run) are not read.
 # Built once: building a statement per request costs more CPU than running it (SQLAlchemy caches the SQL only).
 _HEAD = [getattr(CrmIntegration, name) for name in HistoryHead._fields]
-_LINE = [utc_moment(column).label(column.key) if isinstance(column.type, UTCDateTime) else column
-         for column in (getattr(SyncRun, name) for name in RunLine._fields)]
-_HISTORY = (select(*_HEAD, *_LINE).where(*OWN_INTEGRATION)
-            .outerjoin(SyncRun, SyncRun.integration_id == CrmIntegration.id)
-            .order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1))
-_HISTORY_BEFORE = (select(*_HEAD, *_LINE).where(*OWN_INTEGRATION)
-                   .outerjoin(SyncRun, and_(SyncRun.integration_id == CrmIntegration.id,
-                                            SyncRun.id < bindparam("before")))
-                   .order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1))
+_ACTIVE_WORDS = [literal_column(f"'{status.value}'") for status in ACTIVE]  # fixed words, written in the SQL
+_SETTLED = case((or_(SyncRun.status.in_(_ACTIVE_WORDS),
+                     and_(SyncRun.finished_at.is_(None), SyncRun.started_at.is_not(None))), literal_column("0")),
+                else_=literal_column("1"))
+_LINE = values_text(*[utc_moment(column) if isinstance(column.type, UTCDateTime) else column
+                      for column in (getattr(SyncRun, name) for name in RunLine._fields if name != "settled")],
+                    _SETTLED)
 
 
-def history_page(integration_id: int, organization_id: int, before: int | None = None
-                 ) -> tuple[HistoryHead, list[RunLine], int | None] | None:
+def _history_statement(*, before: bool) -> Select:
+    """The page's statement: the newest runs, or (BEFORE) those older than the ``before`` id.
+
+    Its SQL is kept short and its parameters few, so that the driver keeps its own parsing of it too.
+    """
+    older = (SyncRun.id < bindparam("before"),) if before else ()
+    page = (select(SyncRun.id, _SETTLED.label("settled"), _LINE.label("line"))
+            .where(SyncRun.integration_id == bindparam("integration_id"), *older)
+            .order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1).cte("page"))
+    keyed = select(page_text(page, "line", "settled").label("page_key"),
+                   select(func.max(page.c.id)).scalar_subquery().label("newest")).cte("keyed")
+    read = or_(keyed.c.page_key.is_(None), keyed.c.page_key != bindparam("known"))  # the caller does not have it
+    key_once = case((or_(page.c.id.is_(None), page.c.id == keyed.c.newest), keyed.c.page_key))  # in the first row
+    return (select(*_HEAD, key_once.label("page_key"), page.c.line)
+            .select_from(CrmIntegration.__table__.join(keyed, true()).outerjoin(page, read))
+            .where(*OWN_INTEGRATION).order_by(page.c.id.desc()))
+
+
+_HISTORY = _history_statement(before=False)
+_HISTORY_BEFORE = _history_statement(before=True)
+
+
+def history_page(integration_id: int, organization_id: int, before: int | None = None, known: str = ""
+                 ) -> HistoryPage | None:
     """The organization's integration and one page of its runs, newest first, in one query; and the id to ask for
-    older runs, if any. None when the organization has no such integration (another tenant's counts as unknown)."""
-    params = {"integration_id": integration_id, "organization_id": organization_id}
+    older runs, if any. None when the organization has no such integration (another tenant's counts as unknown).
+
+    KNOWN is the page's key as the caller last drew it: when it still is the key, no run is read (``unchanged``).
+    The runs' lines are the texts the database wrote (``lines``); ``runs`` reads them.
+    """
+    params = {"integration_id": integration_id, "organization_id": organization_id, "known": known}
     if before is None:
         rows = db.session.connection().execute(_HISTORY, params).all()
     else:
@@ -130,11 +203,13 @@ def history_page(integration_id: int, organization_id: int, before: int | None =
     if not rows:
         return None
     split = len(_HEAD)
-    head = HistoryHead._make(rows[0][:split])
-    if rows[0][split] is None:  # the outer join's one row of an integration without (older) runs
-        return head, [], None
-    runs = [RunLine._make(row[split:]) for row in rows[:PAGE_SIZE]]
-    return head, runs, (runs[-1].id if len(rows) > PAGE_SIZE else None)
+    first = rows[0]
+    head, key = HistoryHead._make(first[:split]), first[split]
+    if first[split + 1] is None:  # no (older) runs, or the page is the one the caller knew
+        return HistoryPage(head, (), None, key, unchanged=bool(known) and key == known)
+    lines = tuple(row[split + 1] for row in rows[:PAGE_SIZE])
+    return HistoryPage(head, lines, RunLine.read(lines[-1]).id if len(rows) > PAGE_SIZE else None, key,
+                       unchanged=False)
 
 
 def run_of(integration: CrmIntegration, run_id: int) -> SyncRun | None:

@@ -21,12 +21,17 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     bindparam,
+    case,
     false,
+    func,
+    literal_column,
+    null,
     select,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.sql.selectable import CTE, ScalarSelect
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from . import catalog
@@ -78,6 +83,35 @@ def _as_stored(element: utc_moment, compiler, **kw) -> str:
 @compiles(utc_moment, "postgresql")
 def _utc_wall_time(element: utc_moment, compiler, **kw) -> str:
     return f"timezone('UTC', {compiler.process(element.clauses, **kw)})"
+
+
+class values_text(FunctionElement):  # noqa: N801 - an SQL function's name
+    """A row's values as one text that no other row's values make: a JSON array (PostgreSQL ``json_build_array``,
+    SQLite ``json_array``), each value as the database writes its type, NULL as null."""
+
+    type = Text()
+    inherit_cache = True
+
+
+@compiles(values_text)
+def _json_array(element: values_text, compiler, **kw) -> str:
+    return f"json_array({compiler.process(element.clauses, **kw)})"
+
+
+@compiles(values_text, "postgresql")
+def _json_build_array(element: values_text, compiler, **kw) -> str:
+    return f"CAST(json_build_array({compiler.process(element.clauses, **kw)}) AS TEXT)"
+
+
+def page_text(rows: CTE, text: str, ready: str | None = None) -> ScalarSelect[str]:
+    """The texts of every row of ROWS (a page; each row's in the column named TEXT, see :func:`values_text`) as one,
+    or NULL when there are none or (READY named) a row is not ready (that column is not 1): a key of what the page
+    shows, written by the database, so that an unchanged page need not be read. The rows' order in it is the
+    database's: an order that changes makes a different key, never the same key for different rows."""
+    joined = func.aggregate_strings(rows.c[text], ",")
+    if ready is None:
+        return select(joined).scalar_subquery()
+    return select(case((func.min(rows.c[ready]) == literal_column("1"), joined), else_=null())).scalar_subquery()
 
 
 def render_item(type_: str, obj, autogen_context):

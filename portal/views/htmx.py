@@ -19,8 +19,12 @@ def fragment(template: str, status: int = 200, oob_templates: tuple[str, ...] = 
     body = render_template(template, **context)
     for extra in oob_templates:
         body += render_template(extra, **{**context, "oob": True})
-    body += render_template("_flash.html", oob_flash=True)
-    resp = make_response(body, status)
+    return answer(body, status)
+
+
+def answer(body: str, status: int = 200):
+    """A fragment already drawn, with the flash messages out-of-band."""
+    resp = make_response(body + render_template("_flash.html", oob_flash=True), status)
     resp.headers["Vary"] = "HX-Request"
     return resp
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from flask import (
     Blueprint,
     Response,
@@ -23,10 +25,10 @@ from ..access import admin_required, own_integration
 from ..extensions import db
 from ..forms import CsrfOnlyForm
 from ..models import CrmIntegration, audit
-from ..page_cache import app_cache, kept_lines
+from ..page_cache import app_cache, csrf_placeholder, split_tokens, with_token
 from ..platform_models import SyncRun
 from . import DB_INT_MAX, id_arg
-from .htmx import fragment, is_htmx, poll, require_csrf
+from .htmx import answer, fragment, is_htmx, poll, require_csrf
 
 bp = Blueprint("runs", __name__, url_prefix="/settings/crm")
 
@@ -104,33 +106,28 @@ def run_row(run: SyncRun, run_url: str | None = None, focus: bool = False, annou
     )
 
 
-# A finished run's line never changes unless a value it shows does: drawn once per process and kept (page_cache),
-# keyed by the run's row itself (every value the line shows, the run's and its integration's ids among them) and the
-# runs' address; holding nothing of a user or a session. A queued or running line polls and shows progress, and the
-# line that announces a run's end is drawn once: those are always drawn afresh. So is an ended run without its end
-# (its worker died between the fault and the end): its duration runs to the clock, which no key holds.
-def _settled(run: ledger.RunLine) -> bool:
-    """True for a line that only its values draw: the run ended, and its duration (if any) has an end."""
-    return run.done and (run.finished_at is not None or run.started_at is None)
-
-
-def _finished_line(key: tuple[ledger.RunLine, str]) -> str:
-    """A finished run's line, as run_row draws it, from its key (the run's row and the runs' address)."""
-    run, run_url = key
-    return run_row(run, run_url)
-
-
+# A settled run's line never changes unless a value it shows does: drawn once per process and kept (page_cache),
+# keyed by its text (every value the line shows, the run's and its integration's ids among them, as the database
+# wrote them) and the runs' address; holding nothing of a user or a session. A line that is not settled
+# (RunLine.settled: queued or running, it polls and shows progress; ended without its end, its duration runs to
+# the clock) is never kept, so always drawn afresh; so is the line that announces a run's end.
 @bp.app_template_global()
-def run_lines(runs: list[ledger.RunLine], run_url: str, focus_newest: bool = False) -> Markup:
-    """The history's lines, newest first; after Sync now or Preview (FOCUS_NEWEST) the newest is the focus target,
-    and says so once if it is already done."""
-    settled = [_settled(run) for run in runs]
-    finished = [(run, run_url) for run, kept in zip(runs, settled, strict=True) if kept]
-    drawn = iter(kept_lines(app_cache("history-lines", scale=16), finished, _finished_line))
-    lines = [next(drawn) if kept else run_row(run, run_url) for run, kept in zip(runs, settled, strict=True)]
-    if focus_newest and runs:
-        lines[0] = run_row(runs[0], run_url, focus=True, announce=runs[0].done)
-    return Markup("".join(lines))  # noqa: S704 - every line drawn by run_row
+def run_lines(lines: Sequence[str], run_url: str, focus_newest: bool = False) -> Markup:
+    """The history's lines (ledger.HistoryPage.lines), newest first; after Sync now or Preview (FOCUS_NEWEST) the
+    newest is the focus target, and says so once if it is already done."""
+    cache = app_cache("history-lines", scale=16)
+    keys = [(line, run_url) for line in lines]
+    drawn = cache.get_many(keys)
+    for index, found in enumerate(drawn):
+        if found is None:
+            run = ledger.RunLine.read(lines[index])
+            drawn[index] = run_row(run, run_url)
+            if run.settled:
+                cache.put(keys[index], drawn[index])
+    if focus_newest and lines:
+        newest = ledger.RunLine.read(lines[0])
+        drawn[0] = run_row(newest, run_url, focus=True, announce=newest.done)
+    return Markup("".join(drawn))  # noqa: S704 - every line drawn by run_row
 
 
 def _run_or_404(integration: CrmIntegration, run_id: int) -> SyncRun:
@@ -140,25 +137,60 @@ def _run_or_404(integration: CrmIntegration, run_id: int) -> SyncRun:
     return run
 
 
-def _history_context(integration_id: int) -> dict:
-    """The page of runs of the signed-in organization's integration (404 for any other), in one statement."""
-    before = id_arg("before")
-    found = ledger.history_page(integration_id, current_user.organization_id, before)
+def _history_context(integration_id: int, before: int | None, known: str = "") -> dict:
+    """The page of runs of the signed-in organization's integration (404 for any other), in one statement; KNOWN is
+    the page's key as last drawn (see ledger.history_page)."""
+    found = ledger.history_page(integration_id, current_user.organization_id, before, known)
     if found is None:
         abort(404)
-    head, runs, older = found
-    return {"row": head, "runs": runs, "older": older, "before": before,
-            "refresh_while_busy": any(not run.done for run in runs)}
+    busy = found.key is None and any(not run.done for run in found.runs)  # a key: every line is settled
+    return {"row": found.head, "runs": found.lines, "older": found.older, "before": before, "page": found,
+            "refresh_while_busy": busy}
+
+
+# A kept page: its key (ledger.HistoryPage.key), its list of runs, the integration as the body showed it, and the
+# body's pieces around its CSRF tokens (None until a whole page is asked for: an htmx refresh needs the list only).
+_Kept = tuple[str, Markup, ledger.HistoryHead, tuple[str, ...] | None]
+
+
+def _history_parts(integration_id: int, *, whole: bool) -> tuple[dict, Markup, tuple[str, ...] | None]:
+    """The page's context, its list of runs (runs/_runs.html) and, when WHOLE, its body (runs/_history_body.html)
+    as the pieces around its CSRF tokens.
+
+    A page whose every line is settled is kept per process with its key (every value of its runs, written by the
+    database); while the key is unchanged the database reads no run, and the kept list (and body, while the
+    integration shows the same) is served. Kept per integration (whose tenancy the statement checks first), page
+    and address: nothing of a user or a session is kept.
+    """
+    before = id_arg("before")
+    slot = (integration_id, before, request.script_root)
+    cache = app_cache("history-pages")
+    kept: _Kept | None = cache.get(slot)
+    ctx = _history_context(integration_id, before, kept[0] if kept else "")
+    page = ctx["page"]
+    body = None
+    if page.unchanged and kept:
+        section = kept[1]
+        if not whole or (kept[3] is not None and kept[2] == page.head):
+            return ctx, section, kept[3]
+    else:
+        section = Markup(render_template("runs/_runs.html", **ctx))  # noqa: S704 - a rendered template
+    if whole:
+        with csrf_placeholder() as placeholder:
+            body = split_tokens(render_template("runs/_history_body.html", runs_section=section, **ctx), placeholder)
+    if page.key is not None:
+        cache.put(slot, (page.key, section, page.head, body))
+    return ctx, section, body
 
 
 @bp.route("/<int:integration_id>/runs")
 @admin_required
 def history(integration_id: int):
     """The integration's runs, newest first, 50 a page; queued and running ones show live progress."""
-    ctx = _history_context(integration_id)
-    if is_htmx():
-        return fragment("runs/_runs.html", **ctx)
-    resp = make_response(render_template("runs/history.html", **ctx))
+    ctx, section, body = _history_parts(integration_id, whole=not is_htmx())
+    if body is None:
+        return answer(section)
+    resp = make_response(render_template("runs/history.html", body=with_token(body), **ctx))
     resp.headers["Vary"] = "HX-Request"
     return resp
 
@@ -185,7 +217,7 @@ def _start(integration_id: int, *, dry_run: bool, full: bool = False):
     if is_htmx():
         # The button that queued the run keeps focus (portal.js); should it be gone, the new run takes it.
         return fragment("runs/_runs.html", status=status, focus_newest=status == 200,
-                        **_history_context(integration.id))
+                        **_history_context(integration.id, id_arg("before")))
     return redirect(url_for("runs.history", integration_id=integration.id))
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from datetime import datetime
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import Integer, Select, bindparam, case, cast, func, null, select, union_all
+from sqlalchemy import Integer, Select, bindparam, case, cast, func, null, or_, select, union_all
 from sqlalchemy.orm import load_only
 
 from .. import catalog, jobs_state, lifecycle
@@ -23,9 +24,11 @@ from ..models import (
     Notice,
     Organization,
     integration_for,
+    page_text,
     partner_suppliers,
     utc_wall_time,
     utcnow,
+    values_text,
 )
 from ..page_cache import app_cache, kept_lines
 from ..queues import QUEUE_DEFAULT
@@ -119,29 +122,39 @@ PARTNERS_PER_PAGE = 100
 def _partner_query(wanted: str) -> Select:
     """A page of a supplier's partners in one state ('' for all), then a row per state with its count: one statement.
 
-    A partner's row has its line's values (see _partner_line) and ``partners`` NULL; a state's row has the state and
-    its number of partners in ``partners``, so an empty page still counts every state. Built once per state (see
-    portal.access); the supplier, the page's size and its offset are parameters.
+    A partner's row has its line's values as one text (``line``: see _partner_line and models.values_text), its
+    place on the page (``pos``) and ``partners`` NULL; the first one also has the page's key (``page_key``:
+    models.page_text). Given the key the caller last drew (``known``), the lines come only when it changed: else
+    one row holds the key alone. A state's row has the state and its number of partners in ``partners``, so an
+    empty page still counts every state. Built once per state (see portal.access); the supplier, the page's size
+    and its offset are parameters.
     """
     partner = Organization.__table__.alias("partner")
     state = case((CrmIntegration.error_code != "", "error"), (CrmIntegration.enabled.is_(True), "on"), else_="off")
-    # The dates are only written, as UTC wall times: read so (naive, whatever the database session's time zone),
-    # which the driver reads faster than zoned timestamps.
-    base = (select(partner.c.name, state.label("state"), CrmIntegration.last_test_ok,
-                   utc_wall_time(CrmIntegration.last_test_at).label("last_test_at"),
-                   utc_wall_time(CrmIntegration.error_at).label("error_at"))
+    order = (partner.c.name, partner.c.id)  # the id apart partners of one name, so no page repeats or skips one
+    base = (select(state.label("state"))
             .select_from(partner_suppliers)
             .join(partner, partner.c.id == partner_suppliers.c.partner_id)
             .outerjoin(CrmIntegration, CrmIntegration.organization_id == partner.c.id)
             .where(partner_suppliers.c.supplier_id == bindparam("supplier_id")))
     every = base.subquery()
-    shown = ((base.where(state == wanted) if wanted else base).order_by(partner.c.name)
-             .limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer)).subquery())
+    # The dates are only written, as UTC wall times: read so (naive, whatever the database session's time zone).
+    line = values_text(partner.c.name, state, CrmIntegration.last_test_ok, utc_wall_time(CrmIntegration.last_test_at),
+                       utc_wall_time(CrmIntegration.error_at))
+    page = ((base.where(state == wanted) if wanted else base)
+            .with_only_columns(line.label("line"), func.row_number().over(order_by=order).label("pos"))
+            .order_by(*order).limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer))
+            .cte("page"))
+    keyed = select(page_text(page, "line").label("page_key"),
+                   select(func.min(page.c.pos)).scalar_subquery().label("first")).cte("keyed")
+    read = or_(keyed.c.page_key.is_(None), keyed.c.page_key != bindparam("known"))  # the caller does not have it
+    key_once = case((or_(page.c.pos.is_(None), page.c.pos == keyed.c.first), keyed.c.page_key))
     both = union_all(
-        select(*shown.c, cast(null(), Integer).label("partners")),
-        select(null(), every.c.state, null(), null(), null(), func.count()).group_by(every.c.state),
+        select(key_once.label("page_key"), page.c.line, page.c.pos, null().label("state"),
+               cast(null(), Integer).label("partners")).select_from(keyed.outerjoin(page, read)),
+        select(null(), null(), null(), every.c.state, func.count()).group_by(every.c.state),
     ).subquery()
-    return select(*both.c).order_by(both.c.partners.is_not(None), both.c.name)
+    return select(*both.c).order_by(both.c.partners.is_not(None), both.c.pos)
 
 
 # A state's badge, as the line writes it (the state's fixed words).
@@ -149,10 +162,16 @@ _BADGES = {s.name: f'<span class="badge badge-{s.name}" data-state="{s.value}">{
            for s in IntegrationState}
 
 
-def _partner_line(values: tuple[str, str, bool | None, datetime | None, datetime | None]) -> str:
-    """A partner's line of the table as its body writes it, from its values: name, state, last_test_ok,
-    last_test_at and error_at (UTC wall times, as the page's statement reads them)."""
-    name, state, last_test_ok, last_test_at, error_at = values
+def _wall_time(text: str | None) -> datetime | None:
+    """A UTC wall time as the database wrote it in a line's text."""
+    return datetime.fromisoformat(text) if text is not None else None
+
+
+def _partner_line(line: str) -> str:
+    """A partner's line of the table as its body writes it, from its text (see _partner_query): name, state,
+    last_test_ok, last_test_at and error_at (UTC wall times)."""
+    name, state, last_test_ok, last_test_at, error_at = json.loads(line)
+    last_test_at, error_at = _wall_time(last_test_at), _wall_time(error_at)
     name = escape(name)
     tested = (f"{'Passed' if last_test_ok else 'Failed'} · {last_test_at:%Y-%m-%d %H:%M UTC}"
               if last_test_at else '<span class="muted">Not tested</span>')
@@ -162,14 +181,14 @@ def _partner_line(values: tuple[str, str, bool | None, datetime | None, datetime
             f"      <td>{tested}</td>\n      <td>{problem}</td>\n    </tr>\n  ")
 
 
-def _partner_lines(rows: Sequence[Sequence]) -> Markup:
-    """The table's body: each row's line, from its first five values (see _partner_line).
+def _partner_lines(lines: Sequence[str]) -> Markup:
+    """The table's body: each partner's line, from its text (see _partner_line).
 
     A hundred lines a page: drawing each cost more than the rest of the page, so a line is kept per process
-    (page_cache), keyed by every value it shows; nothing of a session or a user is in a line.
+    (page_cache), keyed by its text (every value it shows); nothing of a session or a user is in a line.
     """
-    lines = kept_lines(app_cache("partner-lines", scale=16), [tuple(row[:5]) for row in rows], _partner_line)
-    return Markup("".join(lines))  # noqa: S704 - the names went through escape(); the rest are fixed words and dates
+    drawn = kept_lines(app_cache("partner-lines", scale=16), lines, _partner_line)
+    return Markup("".join(drawn))  # noqa: S704 - the names went through escape(); the rest are fixed words and dates
 
 
 _CURRENT = ' aria-current="page"'
@@ -191,6 +210,8 @@ def partners():
     """For a supplier: each partner's integration state (On, Off or Error) — never their settings (P3).
 
     A page of 100 partners at a time, one state when asked; the counts for every state come with the page's rows.
+    The page's table is kept per process with the page's key (every value its lines show, written by the
+    database): while the key is unchanged, the database sends no line. Kept per supplier, state, page and address.
     """
     if not current_user.organization.is_supplier:
         abort(404)
@@ -198,17 +219,25 @@ def partners():
     if wanted not in ("on", "off", "error"):
         wanted = ""
     page = page_arg()
+    slot = (current_user.organization_id, wanted, page, request.script_root)
+    cache = app_cache("partner-pages")
+    kept = cache.get(slot)  # (the page's key, its lines, whether a next page exists)
     rows = db.session.connection().execute(_partner_query(wanted), {
         "supplier_id": current_user.organization_id, "limit": PARTNERS_PER_PAGE + 1,
-        "offset": (page - 1) * PARTNERS_PER_PAGE}).all()
-    counted = [row for row in rows[-len(IntegrationState):] if row.partners is not None]  # the last rows
-    counts = {row.state: row.partners for row in counted}
+        "offset": (page - 1) * PARTNERS_PER_PAGE, "known": kept[0] if kept else ""}).all()
+    counts = {row.state: row.partners for row in rows if row.partners is not None}
     summary = {s: counts.get(s.name, 0) for s in IntegrationState}
-    rows = rows[:len(rows) - len(counted)]
-    more = len(rows) > PARTNERS_PER_PAGE
-    return render_template("settings/partners.html", lines=_partner_lines(rows[:PARTNERS_PER_PAGE]),
-                           total=sum(summary.values()), counts=_partner_counts(summary, wanted), page=page,
-                           more=more, state=wanted, per_page=PARTNERS_PER_PAGE)
+    key = rows[0].page_key  # the first row is the page's first line, or the key alone
+    if kept and key == kept[0]:
+        lines, more = kept[1], kept[2]
+    else:
+        texts = [row.line for row in rows if row.partners is None and row.line is not None]
+        lines, more = _partner_lines(texts[:PARTNERS_PER_PAGE]), len(texts) > PARTNERS_PER_PAGE
+        if key is not None:
+            cache.put(slot, (key, lines, more))
+    return render_template("settings/partners.html", lines=lines, total=sum(summary.values()),
+                           counts=_partner_counts(summary, wanted), page=page, more=more, state=wanted,
+                           per_page=PARTNERS_PER_PAGE)
 
 
 @bp.route("/crm/<int:integration_id>/toggle", methods=["POST"])

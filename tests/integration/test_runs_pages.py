@@ -469,7 +469,7 @@ def _line(html: str, run_id: int) -> str:
 
 
 def test_history_lines_from_the_page_query_write_what_the_macro_wrote_twice_over(app, partner_admin):
-    """The page's lines (Core rows, finished ones kept once drawn) are the old macro's, escaped, drawn or kept."""
+    """The page's lines (read from the texts the database wrote, settled ones kept once drawn) are the old macro's, escaped, drawn or kept."""
     iid = partner_admin["integration_id"]
     ids = every_kind_of_run(app, iid)
     with app.test_request_context():
@@ -477,13 +477,14 @@ def test_history_lines_from_the_page_query_write_what_the_macro_wrote_twice_over
         run_url = url_for("runs.detail", integration_id=iid, run_id=0).rpartition("/")[0] + "/"
         org = db.session.get(CrmIntegration, iid).organization_id
         for _ in range(2):  # drawn, then (finished lines) kept
-            head, runs, older = ledger.history_page(iid, org)
-            assert (head.id, older) == (iid, None) and [run.id for run in runs] == list(reversed(ids))
+            page = ledger.history_page(iid, org)
+            runs, lines = page.runs, page.lines
+            assert (page.head.id, page.older) == (iid, None) and [run.id for run in runs] == list(reversed(ids))
             expected = "".join(str(old.run_row(db.session.get(SyncRun, run.id), run_url)) for run in runs)
-            assert run_lines(runs, run_url) == expected
+            assert run_lines(lines, run_url) == expected
             newest = str(old.run_row(db.session.get(SyncRun, ids[-1]), run_url, focus=True, announce=True))
-            assert run_lines(runs, run_url, focus_newest=True).startswith(newest)
-        drawn = run_lines(runs, run_url)
+            assert run_lines(lines, run_url, focus_newest=True).startswith(newest)
+        drawn = run_lines(lines, run_url)
     assert "<b>" not in drawn and "<script>" not in drawn and "m &amp; &lt;n&gt;" in drawn
 
 
