@@ -131,7 +131,6 @@ def _partner_query(wanted: str) -> Select:
     """
     partner = Organization.__table__.alias("partner")
     state = case((CrmIntegration.error_code != "", "error"), (CrmIntegration.enabled.is_(True), "on"), else_="off")
-    order = (partner.c.name, partner.c.id)  # the id apart partners of one name, so no page repeats or skips one
     base = (select(state.label("state"))
             .select_from(partner_suppliers)
             .join(partner, partner.c.id == partner_suppliers.c.partner_id)
@@ -142,9 +141,9 @@ def _partner_query(wanted: str) -> Select:
     line = values_text(partner.c.name, state, CrmIntegration.last_test_ok, utc_wall_time(CrmIntegration.last_test_at),
                        utc_wall_time(CrmIntegration.error_at))
     page = ((base.where(state == wanted) if wanted else base)
-            .with_only_columns(line.label("line"), func.row_number().over(order_by=order).label("pos"))
-            .order_by(*order).limit(bindparam("limit", type_=Integer)).offset(bindparam("offset", type_=Integer))
-            .cte("page"))
+            .with_only_columns(line.label("line"), func.row_number().over(order_by=partner.c.name).label("pos"))
+            .order_by(partner.c.name).limit(bindparam("limit", type_=Integer))
+            .offset(bindparam("offset", type_=Integer)).cte("page"))
     keyed = select(page_text(page, "line").label("page_key"),
                    select(func.min(page.c.pos)).scalar_subquery().label("first")).cte("keyed")
     read = or_(keyed.c.page_key.is_(None), keyed.c.page_key != bindparam("known"))  # the caller does not have it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from portal.extensions import db
 from portal.models import CrmIntegration, Notice
 
@@ -84,3 +86,21 @@ def test_partners_are_paged_and_filtered_by_state(app, factory, auth, client):
         page = client.get(empty).text
         assert page.count("data-partner=") == 0 and "All: 105" in page and "On: 11" in page and "Off: 94" in page
         assert "No partner is in this state." in page
+
+
+def test_a_kept_page_of_partners_shows_a_change_at_once(app, factory, auth, client):
+    """The page is kept while no value it shows changes; a partner's change and a new partner show at once."""
+    factory.org("Keeping Supplier", "supplier")
+    factory.user("boss@keeping.example", "Keeping Supplier", "admin")
+    ids = {name: factory.integration(factory.org(name, "partner", ("Keeping Supplier",)), enabled=True)
+           for name in ("Alpha", "Beta")}
+    auth.login("boss@keeping.example")
+    first = client.get("/settings/partners").text
+    assert client.get("/settings/partners").text == first and "error: 1" not in first
+    with app.app_context():
+        db.session.get(CrmIntegration, ids["Beta"]).set_error("auth_failed", "x", "y")
+        db.session.commit()
+    changed = client.get("/settings/partners").text
+    assert re.search(r'data-partner="Beta">.*?badge-error', changed, re.S) and "error: 1" in changed.lower()
+    factory.org("Gamma", "partner", ("Keeping Supplier",))
+    assert 'data-partner="Gamma"' in client.get("/settings/partners").text

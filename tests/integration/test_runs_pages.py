@@ -469,7 +469,8 @@ def _line(html: str, run_id: int) -> str:
 
 
 def test_history_lines_from_the_page_query_write_what_the_macro_wrote_twice_over(app, partner_admin):
-    """The page's lines (read from the texts the database wrote, settled ones kept once drawn) are the old macro's, escaped, drawn or kept."""
+    """The page's lines (read from the texts the database wrote, settled ones kept once drawn) are the old macro's,
+    escaped, drawn or kept."""
     iid = partner_admin["integration_id"]
     ids = every_kind_of_run(app, iid)
     with app.test_request_context():
@@ -600,3 +601,59 @@ def test_a_stopped_run_without_its_end_is_not_kept_at_the_duration_of_its_first_
     assert "1 h 00 min" in _line(client.get(path).text, run_id)
     monkeypatch.setattr(ledger, "utcnow", lambda: now + timedelta(hours=2))
     assert "3 h 00 min" in _line(client.get(path).text, run_id)
+
+
+# ------------------------------------------------------------------------ an unchanged page, read as its key alone
+
+
+def test_an_unchanged_page_is_read_as_its_key_alone_and_any_change_reads_it_again(app, partner_admin):
+    iid = partner_admin["integration_id"]
+    ids = [add_run(app, iid, trigger=trigger) for trigger in ("a,b", "c")]
+    with app.app_context():
+        org = db.session.get(CrmIntegration, iid).organization_id
+        first = ledger.history_page(iid, org)
+        assert first.key and not first.unchanged and [run.id for run in first.runs] == ids[::-1]
+        again = ledger.history_page(iid, org, known=first.key)
+        assert again.unchanged and again.lines == () and again.key == first.key and again.head == first.head
+    set_run(app, ids[0], trigger="a")  # the same characters across the page, in other values
+    set_run(app, ids[1], trigger="b,c")
+    with app.app_context():
+        moved = ledger.history_page(iid, org, known=first.key)
+        assert not moved.unchanged and moved.key != first.key
+        assert [run.trigger for run in moved.runs] == ["b,c", "a"]
+    running = add_run(app, iid, status=RunStatus.running, finished_at=None)
+    with app.app_context():
+        busy = ledger.history_page(iid, org, known=moved.key)  # a line that still changes: no key, read each time
+        assert busy.key is None and not busy.unchanged and busy.runs[0].id == running
+        assert ledger.history_page(iid, org, known="").key is None
+
+
+def test_lines_of_different_values_never_share_a_text_and_read_back_as_they_are(app, partner_admin):
+    """Each line is the database's text of its values: values that look alike (null and "null", quotes, commas,
+    brackets, control characters, long texts) make different texts, and each is read back exactly."""
+    iid = partner_admin["integration_id"]
+    triggers = ["", "null", "None", '"', "\\", '\\"', "a,b", '["x"]', "é ü", "\x01\x1f\x7f", "x" * 100]
+    with app.app_context():
+        if db.engine.dialect.name == "sqlite":  # PostgreSQL refuses NUL in a text; SQLite keeps it
+            triggers += ["\x00a", "\x00b"]
+    ids = [add_run(app, iid, kind="manual", trigger=trigger, message=trigger * 3) for trigger in triggers]
+    with app.app_context():
+        org = db.session.get(CrmIntegration, iid).organization_id
+        page = ledger.history_page(iid, org)
+    texts = [line.split(",", 1)[1] for line in page.lines]  # without the run's id
+    assert len(set(texts)) == len(triggers)
+    read = {run.id: run for run in page.runs}
+    assert [(read[run_id].trigger, read[run_id].message) for run_id in ids] == [(t, t * 3) for t in triggers]
+
+
+def test_the_kept_page_follows_its_integration_s_state(app, partner_admin, client):
+    iid = partner_admin["integration_id"]
+    run_id = add_run(app, iid)
+    path = f"/settings/crm/{iid}/runs"
+    first = client.get(path).text
+    assert client.get(path).text == first and "badge-error" not in first  # kept
+    with app.app_context():
+        db.session.get(CrmIntegration, iid).set_error("auth_failed", "The CRM refused the sign-in.", "Check it.")
+        db.session.commit()
+    page = client.get(path).text
+    assert 'class="badge badge-error"' in page and rows_in(page) == [run_id]
