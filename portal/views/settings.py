@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from datetime import datetime
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
 from sqlalchemy import Integer, Select, bindparam, case, cast, func, null, or_, select, union_all
@@ -30,7 +30,7 @@ from ..models import (
     utcnow,
     values_text,
 )
-from ..page_cache import app_cache, kept_lines
+from ..page_cache import app_cache, csrf_placeholder, kept_lines, split_tokens, with_token
 from ..queues import QUEUE_DEFAULT
 from . import page_arg
 from .htmx import fragment, is_htmx, poll, require_csrf
@@ -48,6 +48,13 @@ def home():
 # Built once (see portal.access), with the organization as a parameter: the listing in one statement. The
 # organization's row anchors it, so the last health job and the open notices come even before any integration
 # exists; a row per integration and open notice (one kind, at most 20 notices).
+# What the listing's templates read of each row besides its id: all the statement loads, and the kept page's key.
+_SHOWN = {
+    CrmIntegration: ("organization_id", "kind", "connection_kind", "enabled", "last_test_ok", "last_test_at",
+                     "error_code", "error_message", "error_action", "error_at"),
+    BackgroundJob: ("status", "message", "created_at", "finished_at"),
+    Notice: ("message",),
+}
 _HEALTH = BackgroundJob.__table__.alias("last_health")
 _OPEN = Notice.__table__.alias("open_notice")
 _LISTING = (
@@ -66,13 +73,7 @@ _LISTING = (
     .where(Organization.id == bindparam("organization_id"))
     .order_by(Notice.created_at.desc(), Notice.id.desc())
     # Only the columns the listing's templates read (another would be loaded when read, at a statement's cost).
-    .options(load_only(CrmIntegration.organization_id, CrmIntegration.kind, CrmIntegration.connection_kind,
-                       CrmIntegration.enabled, CrmIntegration.last_test_ok, CrmIntegration.last_test_at,
-                       CrmIntegration.error_code, CrmIntegration.error_message, CrmIntegration.error_action,
-                       CrmIntegration.error_at),
-             load_only(BackgroundJob.status, BackgroundJob.message, BackgroundJob.created_at,
-                       BackgroundJob.finished_at),
-             load_only(Notice.message))
+    .options(*(load_only(*(getattr(entity, name) for name in names)) for entity, names in _SHOWN.items()))
 )
 
 
@@ -91,13 +92,31 @@ def _listing() -> tuple[list[CrmIntegration], BackgroundJob | None, list[Notice]
     return rows, health, list(notices.values())
 
 
+def _shown(row) -> tuple | None:
+    """A row's id and every value of it the listing shows (None for no row)."""
+    return None if row is None else (row.id, *(getattr(row, name) for name in _SHOWN[type(row)]))
+
+
 @bp.route("/crm")
 @admin_required
 def crm():
-    """The listing of CRMs with their state, Edit Settings, On/Off and banners (L1–L3)."""
+    """The listing of CRMs with their state, Edit Settings, On/Off and banners (L1–L3).
+
+    Its body (settings/_crm_body.html) is kept per process, keyed by every value it shows, with its CSRF tokens put
+    in per request (page_cache): nothing of a user or a session is kept.
+    """
     rows, health, notices = _listing()
-    return render_template("settings/crm.html", rows=rows, health=health, notices=notices,
-                           is_supplier=current_user.organization.is_supplier)
+    is_supplier = current_user.organization.is_supplier
+    key = (request.script_root, current_app.config["PLATFORM_NAME"], is_supplier, tuple(map(_shown, rows)),
+           _shown(health), tuple(map(_shown, notices)))
+    cache = app_cache("settings.crm")
+    pieces = cache.get(key)
+    if pieces is None:
+        with csrf_placeholder() as placeholder:
+            pieces = split_tokens(render_template("settings/_crm_body.html", rows=rows, health=health,
+                                                  notices=notices, is_supplier=is_supplier), placeholder)
+        cache.put(key, pieces)
+    return render_template("settings/crm.html", body=with_token(pieces))
 
 
 @bp.route("/notices/<int:notice_id>/dismiss", methods=["POST"])
