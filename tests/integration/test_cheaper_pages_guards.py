@@ -52,3 +52,18 @@ def test_partners_named_like_states_are_rows_and_the_counts_stay_counts(factory,
     shown = re.findall(r'data-partner="([^"]*)"', page.text)
     assert sorted(shown) in ([], sorted(["&#34;&gt;&lt;b&gt;x&lt;/b&gt;", "All", "error", "off", "on"])), shown
     assert "<b>x</b>" not in page.text
+
+
+def test_the_kept_listing_carries_each_session_s_own_token_and_it_works(app, factory, partner_admin, client):
+    """The listing's body is kept once for the organization; each session still gets its own token in every form,
+    never the placeholder it was kept with, and a post with it is taken."""
+    iid = partner_admin["integration_id"]
+    factory.user("second@acme.example", "Acme Partner", "admin")
+    second = app.test_client()
+    Auth(second).login("second@acme.example")
+    pages = [who.get("/settings/crm").text for who in (client, second, client)]
+    tokens = [set(re.findall(r'name="csrf_token" type="hidden" value="([^"]+)"', page)) for page in pages]
+    assert all(len(found) == 1 for found in tokens) and tokens[0] == tokens[2] != tokens[1]
+    assert not any("csrf-" in page for page in pages)
+    resp = second.post(f"/settings/crm/{iid}/toggle", data={"state": "off", "csrf_token": next(iter(tokens[1]))})
+    assert resp.status_code == 302
