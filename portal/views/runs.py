@@ -171,7 +171,9 @@ def _history_parts(integration_id: int, *, whole: bool) -> tuple[dict, Markup, t
     body = None
     if page.unchanged and kept:
         section = kept[1]
-        if not whole or (kept[3] is not None and kept[2] == page.head):
+        if not whole:
+            return ctx, section, None
+        if kept[3] is not None and kept[2] == page.head:
             return ctx, section, kept[3]
     else:
         section = Markup(render_template("runs/_runs.html", **ctx))  # noqa: S704 - a rendered template

@@ -657,3 +657,20 @@ def test_the_kept_page_follows_its_integration_s_state(app, partner_admin, clien
         db.session.commit()
     page = client.get(path).text
     assert 'class="badge badge-error"' in page and rows_in(page) == [run_id]
+
+
+def test_an_htmx_refresh_after_a_whole_page_gets_the_list_only_and_never_a_stale_head(app, partner_admin, client):
+    """A whole page keeps its body; the next htmx request (the list alone) is answered with the list, never with the
+    body kept before the integration's state changed."""
+    iid = partner_admin["integration_id"]
+    add_run(app, iid, message="settled")
+    path = f"/settings/crm/{iid}/runs"
+    assert "<!doctype" in client.get(path).text.lower()  # drawn and kept with its body
+    fragment = client.get(path, headers=HX).text
+    assert fragment.lstrip().startswith('<section id="runs"') and '<nav aria-label="breadcrumb">' not in fragment
+    with app.app_context():
+        db.session.get(CrmIntegration, iid).error_code = "auth_failed"
+        db.session.commit()
+    fragment = client.get(path, headers=HX).text
+    assert fragment.lstrip().startswith('<section id="runs"') and "data-state=" not in fragment
+    assert 'class="badge badge-error"' in client.get(path).text
