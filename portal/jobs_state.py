@@ -24,6 +24,14 @@ def enqueue(kind: str, func: str, *, queue_name: str, organization_id: int | Non
     return row
 
 
+def job_of(job_id: str) -> BackgroundJob | None:
+    """The job row named by an id from a request, or None for an id no row can have (too long, or holding a NUL,
+    which PostgreSQL refuses in a text)."""
+    if len(job_id) > BackgroundJob.id.type.length or "\x00" in job_id:
+        return None
+    return db.session.get(BackgroundJob, job_id)
+
+
 def _row(job_id: str) -> BackgroundJob:
     row = db.session.get(BackgroundJob, job_id)
     if row is None:

@@ -55,8 +55,9 @@ class UTCDateTime(TypeDecorator):
         return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value, dialect):  # noqa: D102 - SQLAlchemy hook
-        if value is not None and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
+        # In UTC whatever the database session's time zone: the pages write these as UTC wall times.
+        if value is not None:
+            value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         return value
 
 

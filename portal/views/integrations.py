@@ -364,7 +364,7 @@ def add_lead_source(integration_id: int):
 def test_status(integration_id: int, job_id: str):
     """The connection test's steps so far; 286 stops the polling once it is done or no worker took it."""
     integration = own_integration(integration_id)
-    job = db.session.get(BackgroundJob, job_id)
+    job = jobs_state.job_of(job_id)
     if job is None or job.integration_id != integration.id or job.kind != "connection-test":
         abort(404)
     stuck = jobs_state.is_stuck_in_queue(job)

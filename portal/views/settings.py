@@ -305,7 +305,7 @@ def health():
 @admin_required
 def health_status(job_id: str):
     """The health job's state; answers 286 to stop htmx polling once it is done or clearly stuck."""
-    row = db.session.get(BackgroundJob, job_id)
+    row = jobs_state.job_of(job_id)
     if row is None or row.organization_id != current_user.organization_id or row.kind != "health":
         abort(404)
     stuck = jobs_state.is_stuck_in_queue(row)

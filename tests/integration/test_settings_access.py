@@ -73,3 +73,10 @@ def test_job_status_of_another_organization_is_404(app, two_tenants, auth, clien
         db.session.commit()
     auth.login("admin@acme.example", PASSWORD)
     assert client.get(f"/settings/health/{'f' * 32}").status_code == 404
+
+
+def test_a_job_id_no_row_can_have_is_a_404_never_a_500(partner_admin, client):
+    iid = partner_admin["integration_id"]
+    for job_id in ("%00", "a%00b", "x" * 65, "%ff"):
+        assert client.get(f"/settings/health/{job_id}").status_code == 404, job_id
+        assert client.get(f"/settings/crm/{iid}/tests/{job_id}").status_code == 404, job_id

@@ -271,3 +271,17 @@ def test_a_partner_s_dates_are_written_in_utc_whatever_the_database_s_time_zone(
         text = client.get("/settings/partners").text
     assert "Failed · 2026-11-30 09:05 UTC" in text or "Passed · 2026-11-30 09:05 UTC" in text
     assert "<td>2026-11-30 11:05 UTC</td>" in text
+
+
+def test_the_listing_writes_utc_whatever_the_session_zone_and_keeps_no_other_zone(app, partner_admin, client):
+    """A test at 09:05 UTC is written "09:05 UTC" under any session zone, and a body drawn on a connection in another
+    zone is never served as UTC (equal moments in two zones compare equal, so a key alone would not tell them)."""
+    iid = partner_admin["integration_id"]
+    _integration(app, iid, last_test_ok=True, last_test_at=MOMENT, error_code="sync_failed", error_message="m",
+                 error_action="a", error_at=MOMENT + timedelta(hours=2))
+    with session_time_zone(app, "Pacific/Auckland"):
+        far = client.get("/settings/crm").text
+    near = client.get("/settings/crm").text
+    for text in (far, near):
+        assert re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", text) == ["2026-11-30 09:05 UTC", "2026-11-30 11:05 UTC",
+                                                                      "2026-11-30 11:05 UTC"], text
