@@ -103,7 +103,8 @@ def crm():
     """The listing of CRMs with their state, Edit Settings, On/Off and banners (L1–L3).
 
     Its body (settings/_crm_body.html) is kept per process, keyed by every value it shows, with its CSRF tokens put
-    in per request (page_cache): nothing of a user or a session is kept.
+    in per request (page_cache): nothing of a user or a session is kept. Its partials also draw ``refusal`` and
+    ``stuck`` for the switch's and the health check's own answers: those are never passed here, so never kept.
     """
     rows, health, notices = _listing()
     is_supplier = current_user.organization.is_supplier
