@@ -13,7 +13,7 @@ from flask import current_app
 from sqlalchemy import Select, and_, bindparam, case, func, literal_column, or_, select, true
 
 from .extensions import db
-from .models import OWN_INTEGRATION, CrmIntegration, UTCDateTime, page_text, utc_moment, utcnow, values_text
+from .models import OWN_INTEGRATION, CrmIntegration, UTCDateTime, page_key, utc_moment, utcnow, values_text
 from .platform_models import RunStatus, SyncFailure, SyncRun
 from .wording import counted
 
@@ -133,7 +133,7 @@ class HistoryPage(NamedTuple):
     """A page of the history: its integration, its runs' lines (newest first) and the id to ask for older ones.
 
     Each line is the text the database writes of the values a run's line shows (``RunLine.read`` reads it; it is
-    also the key of that line's markup). ``key`` is every line as one text (models.page_text), or None while a line
+    also the key of that line's markup). ``key`` is every line as one text (models.page_key), or None while a line
     still changes (see RunLine.settled); ``unchanged`` says the key is the one the caller knew, and then no line
     was read.
     """
@@ -174,12 +174,9 @@ def _history_statement(*, before: bool) -> Select:
     page = (select(SyncRun.id, _SETTLED.label("settled"), _LINE.label("line"))
             .where(SyncRun.integration_id == bindparam("integration_id"), *older)
             .order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1).cte("page"))
-    keyed = select(page_text(page, "line", "settled").label("page_key"),
-                   select(func.max(page.c.id)).scalar_subquery().label("newest")).cte("keyed")
-    read = or_(keyed.c.page_key.is_(None), keyed.c.page_key != bindparam("known"))  # the caller does not have it
-    key_once = case((or_(page.c.id.is_(None), page.c.id == keyed.c.newest), keyed.c.page_key))  # in the first row
-    return (select(*_HEAD, key_once.label("page_key"), page.c.line)
-            .select_from(CrmIntegration.__table__.join(keyed, true()).outerjoin(page, read))
+    key = page_key(page, "id", first=func.max, ready="settled")
+    return (select(*_HEAD, key.key_once.label("page_key"), page.c.line)
+            .select_from(CrmIntegration.__table__.join(key.keyed, true()).outerjoin(page, key.unread))
             .where(*OWN_INTEGRATION).order_by(page.c.id.desc()))
 
 

@@ -6,6 +6,7 @@ import enum
 import hashlib
 import json
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from flask_login import UserMixin
 from sqlalchemy import (
@@ -26,12 +27,14 @@ from sqlalchemy import (
     func,
     literal_column,
     null,
+    or_,
     select,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.functions import FunctionElement
-from sqlalchemy.sql.selectable import CTE, ScalarSelect
+from sqlalchemy.sql.selectable import CTE
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from . import catalog
@@ -104,15 +107,31 @@ def _json_build_array(element: values_text, compiler, **kw) -> str:
     return f"CAST(json_build_array({compiler.process(element.clauses, **kw)}) AS TEXT)"
 
 
-def page_text(rows: CTE, text: str, ready: str | None = None) -> ScalarSelect[str]:
-    """The texts of every row of ROWS (a page; each row's in the column named TEXT, see :func:`values_text`) as one,
-    or NULL when there are none or (READY named) a row is not ready (that column is not 1): a key of what the page
-    shows, written by the database, so that an unchanged page need not be read. The rows' order in it is the
-    database's: an order that changes makes a different key, never the same key for different rows."""
-    joined = func.aggregate_strings(rows.c[text], ",")
-    if ready is None:
-        return select(joined).scalar_subquery()
-    return select(case((func.min(rows.c[ready]) == literal_column("1"), joined), else_=null())).scalar_subquery()
+class PageKey(NamedTuple):
+    """A page's key for the statement that reads the page's rows only when the caller does not have them (see
+    :func:`page_key`)."""
+
+    keyed: CTE  # one row: the key (``page_key``) and the first row's position (``first``)
+    unread: ColumnElement[bool]  # the page's rows join on it: true when the key is not the caller's ``known``
+    key_once: ColumnElement[str]  # the key, in the page's first row only (or the row that stands for none)
+
+
+def page_key(page: CTE, position: str, first=func.min, ready: str | None = None, text: str = "line") -> PageKey:
+    """The key of PAGE (a CTE of a page's rows, each row's values in its TEXT column, see :func:`values_text`):
+    every row's text as one, or NULL when there are none or (READY named) a row is not ready (that column is not
+    1). Written by the database, so an unchanged page need not be read: compared with the ``known`` parameter (the
+    key the caller last drew), and given once, in the row whose POSITION is the FIRST (func.min or func.max).
+
+    The rows' order in the key is the database's: an order that changes makes a different key, never the same key
+    for different rows.
+    """
+    joined = func.aggregate_strings(page.c[text], ",")
+    key = joined if ready is None else case((func.min(page.c[ready]) == literal_column("1"), joined), else_=null())
+    keyed = select(select(key).scalar_subquery().label("page_key"),
+                   select(first(page.c[position])).scalar_subquery().label("first")).cte("keyed")
+    unread = or_(keyed.c.page_key.is_(None), keyed.c.page_key != bindparam("known"))
+    key_once = case((or_(page.c[position].is_(None), page.c[position] == keyed.c.first), keyed.c.page_key))
+    return PageKey(keyed, unread, key_once)
 
 
 def render_item(type_: str, obj, autogen_context):

@@ -10,7 +10,7 @@ from datetime import datetime
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import Integer, Select, bindparam, case, cast, func, null, or_, select, union_all
+from sqlalchemy import Integer, Select, bindparam, case, cast, func, null, select, union_all
 from sqlalchemy.orm import load_only
 
 from .. import catalog, jobs_state, lifecycle
@@ -24,7 +24,7 @@ from ..models import (
     Notice,
     Organization,
     integration_for,
-    page_text,
+    page_key,
     partner_suppliers,
     utc_wall_time,
     utcnow,
@@ -144,7 +144,7 @@ def _partner_query(wanted: str) -> Select:
 
     A partner's row has its line's values as one text (``line``: see _partner_line and models.values_text), its
     place on the page (``pos``) and ``partners`` NULL; the first one also has the page's key (``page_key``:
-    models.page_text). Given the key the caller last drew (``known``), the lines come only when it changed: else
+    models.page_key). Given the key the caller last drew (``known``), the lines come only when it changed: else
     one row holds the key alone. A state's row has the state and its number of partners in ``partners``, so an
     empty page still counts every state. Built once per state (see portal.access); the supplier, the page's size
     and its offset are parameters.
@@ -164,13 +164,10 @@ def _partner_query(wanted: str) -> Select:
             .with_only_columns(line.label("line"), func.row_number().over(order_by=partner.c.name).label("pos"))
             .order_by(partner.c.name).limit(bindparam("limit", type_=Integer))
             .offset(bindparam("offset", type_=Integer)).cte("page"))
-    keyed = select(page_text(page, "line").label("page_key"),
-                   select(func.min(page.c.pos)).scalar_subquery().label("first")).cte("keyed")
-    read = or_(keyed.c.page_key.is_(None), keyed.c.page_key != bindparam("known"))  # the caller does not have it
-    key_once = case((or_(page.c.pos.is_(None), page.c.pos == keyed.c.first), keyed.c.page_key))
+    key = page_key(page, "pos")
     both = union_all(
-        select(key_once.label("page_key"), page.c.line, page.c.pos, null().label("state"),
-               cast(null(), Integer).label("partners")).select_from(keyed.outerjoin(page, read)),
+        select(key.key_once.label("page_key"), page.c.line, page.c.pos, null().label("state"),
+               cast(null(), Integer).label("partners")).select_from(key.keyed.outerjoin(page, key.unread)),
         select(null(), null(), null(), every.c.state, func.count()).group_by(every.c.state),
     ).subquery()
     return select(*both.c).order_by(both.c.partners.is_not(None), both.c.pos)
