@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -107,8 +108,13 @@ def test_labelled_field_escapes_errors_help_and_label(app):
 
 
 def _partner(name, state="on", ok=True, tested=None, error_at=None):
-    """A row of the supplier's query: a line's values first, then what the line does not show (the counts)."""
-    return (name, state, ok, tested, error_at, 1, 2, 3)
+    """A partner's values, as the supplier's query writes them in its line's text (a JSON array, UTC wall times)."""
+    return (name, state, ok, tested, error_at)
+
+
+def _line(values) -> str:
+    """The line's text as the database writes it (models.values_text)."""
+    return json.dumps([value.isoformat() if isinstance(value, datetime) else value for value in values])
 
 
 def test_partner_lines_write_what_the_template_wrote_and_escape_the_name(app):
@@ -116,7 +122,7 @@ def test_partner_lines_write_what_the_template_wrote_and_escape_the_name(app):
     rows = [_partner(HOSTILE), _partner("A & B <GmbH>", "error", False, moment, moment),
             _partner("Plain", "off", True, moment), _partner("\"quoted\"", "on", None, None, moment)]
     old_lines = []
-    for name, state_name, last_test_ok, last_test_at, error_at, *_counts in rows:
+    for name, state_name, last_test_ok, last_test_at, error_at in rows:
         tested = (f"{'Passed' if last_test_ok else 'Failed'} · {last_test_at:%Y-%m-%d %H:%M UTC}"
                   if last_test_at else "")
         state = {"on": "On", "off": "Off", "error": "Error"}[state_name]
@@ -124,8 +130,8 @@ def test_partner_lines_write_what_the_template_wrote_and_escape_the_name(app):
         old_lines.append((name, state_name, state, tested, problem))
     old = app.jinja_env.from_string(OLD_PARTNER_LINE)
     new = app.jinja_env.from_string("{{ lines }}")
-    assert old.render(rows=old_lines) == new.render(lines=_partner_lines(rows))
-    line = _partner_lines(rows[:1])
+    assert old.render(rows=old_lines) == new.render(lines=_partner_lines([_line(row) for row in rows]))
+    line = _partner_lines([_line(rows[0])])
     assert "<b>" not in line and "\x01\x1f\x7f" in line
     assert 'data-partner="say &#34;hi&#34; &amp; &lt;b&gt;bye&lt;/b&gt; &#39;single&#39; ' in line
 
@@ -140,13 +146,13 @@ def test_kept_partner_lines_are_keyed_by_every_value_they_show(app):
         cache = app_cache("partner-lines", scale=16)
         assert 0 < cache.size <= 100_000 and cache.max_chars
         moment = datetime(2026, 11, 30, 9, 5)  # a UTC wall time, as the page's statement reads it
-        first = _partner_lines([_partner("Same", "error", True, moment, moment)])
+        first = _partner_lines([_line(_partner("Same", "error", True, moment, moment))])
         assert "2026-11-30 09:05 UTC" in first
         for changed in (_partner("Other", "error", True, moment, moment), _partner("Same", "on", True, moment, moment),
                         _partner("Same", "error", False, moment, moment),
                         _partner("Same", "error", None, moment, moment),
                         _partner("Same", "error", True, moment + timedelta(minutes=1), moment),
                         _partner("Same", "error", True, moment, None), _partner("Same", "error", True, None, moment)):
-            assert _partner_lines([changed]) != first, changed
-        assert _partner_lines([_partner("Same", "error", True, moment, moment)]) == first
+            assert _partner_lines([_line(changed)]) != first, changed
+        assert _partner_lines([_line(_partner("Same", "error", True, moment, moment))]) == first
         assert len(cache) == 8
