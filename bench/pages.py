@@ -174,6 +174,8 @@ def _ctx(st: Stack):
 
 def seed(st: Stack, rows: int) -> dict:
     """The big partner and supplier (ROWS runs, ROWS partners) and the small ones (10 each), with admins."""
+    from sqlalchemy import text
+
     from portal.cli import create_org, create_user
     from portal.extensions import db
     from portal.models import partner_suppliers
@@ -197,6 +199,10 @@ def seed(st: Stack, rows: int) -> dict:
         seed_runs(small_iid, 10)
         seed_partners(supplier_id, "Partner", rows - 1)  # with Bench Partner: ROWS partners
         seed_partners(small_supplier_id, "Small partner", 9)
+        if db.engine.dialect.name == "postgresql":  # the statistics autovacuum keeps on a server in use
+            db.session.commit()
+            db.session.execute(text("ANALYZE"))
+            db.session.commit()  # the statistics are kept with the transaction
     return {"big": big_iid, "small": small_iid}
 
 

@@ -157,23 +157,24 @@ class HistoryPage(NamedTuple):
 # Built once: building a statement per request costs more CPU than running it (SQLAlchemy caches the SQL only).
 _HEAD = [getattr(CrmIntegration, name) for name in HistoryHead._fields]
 _ACTIVE_WORDS = [literal_column(f"'{status.value}'") for status in ACTIVE]  # fixed words, written in the SQL
-_SETTLED = case((or_(SyncRun.status.in_(_ACTIVE_WORDS),
-                     and_(SyncRun.finished_at.is_(None), SyncRun.started_at.is_not(None))), literal_column("0")),
-                else_=literal_column("1"))
-_LINE = values_text(*[utc_moment(column) if isinstance(column.type, UTCDateTime) else column
-                      for column in (getattr(SyncRun, name) for name in RunLine._fields if name != "settled")],
-                    _SETTLED)
+_SHOWN = [name for name in RunLine._fields if name != "settled"]
 
 
 def _history_statement(*, before: bool) -> Select:
     """The page's statement: the newest runs, or (BEFORE) those older than the ``before`` id.
 
-    Its SQL is kept short and its parameters few, so that the driver keeps its own parsing of it too.
+    The page's runs are chosen first (by the index on the integration and the id), and only theirs are written as
+    text. Its SQL is kept short and its parameters few, so that the driver keeps its own parsing of it too.
     """
     older = (SyncRun.id < bindparam("before"),) if before else ()
-    page = (select(SyncRun.id, _SETTLED.label("settled"), _LINE.label("line"))
-            .where(SyncRun.integration_id == bindparam("integration_id"), *older)
-            .order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1).cte("page"))
+    run = (select(*(getattr(SyncRun, name) for name in _SHOWN))
+           .where(SyncRun.integration_id == bindparam("integration_id"), *older)
+           .order_by(SyncRun.id.desc()).limit(PAGE_SIZE + 1).subquery("newest")).c
+    settled = case((or_(run.status.in_(_ACTIVE_WORDS), and_(run.finished_at.is_(None), run.started_at.is_not(None))),
+                    literal_column("0")), else_=literal_column("1"))
+    line = values_text(*[utc_moment(run[name]) if isinstance(run[name].type, UTCDateTime) else run[name]
+                         for name in _SHOWN], settled)
+    page = select(run.id, settled.label("settled"), line.label("line")).cte("page")
     key = page_key(page, "id", first=func.max, ready="settled")
     return (select(*_HEAD, key.key_once.label("page_key"), page.c.line)
             .select_from(CrmIntegration.__table__.join(key.keyed, true()).outerjoin(page, key.unread))

@@ -264,7 +264,9 @@ class SyncRun(db.Model):
     """One run of the sync (push, nightly, on demand, retry) with its steps and counts: the ledger."""
 
     __tablename__ = "sync_runs"
-    __table_args__ = (Index("ix_sync_runs_integration_started", "integration_id", "created_at"),)
+    # By integration and id: Sync history reads an integration's newest runs a page at a time.
+    __table_args__ = (Index("ix_sync_runs_integration_started", "integration_id", "created_at"),
+                      Index("ix_sync_runs_integration_id", "integration_id", "id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     integration_id: Mapped[int] = mapped_column(ForeignKey("crm_integrations.id", ondelete="CASCADE"))

@@ -157,13 +157,17 @@ def _partner_query(wanted: str) -> Select:
             .outerjoin(CrmIntegration, CrmIntegration.organization_id == partner.c.id)
             .where(partner_suppliers.c.supplier_id == bindparam("supplier_id")))
     every = base.subquery()
-    # The dates are only written, as UTC wall times: read so (naive, whatever the database session's time zone).
-    line = values_text(partner.c.name, state, CrmIntegration.last_test_ok, utc_wall_time(CrmIntegration.last_test_at),
-                       utc_wall_time(CrmIntegration.error_at))
-    page = ((base.where(state == wanted) if wanted else base)
-            .with_only_columns(line.label("line"), func.row_number().over(order_by=partner.c.name).label("pos"))
-            .order_by(partner.c.name).limit(bindparam("limit", type_=Integer))
-            .offset(bindparam("offset", type_=Integer)).cte("page"))
+    # The page's partners are chosen first, and only theirs are written as text. The dates are only written, as UTC
+    # wall times: read so (naive, whatever the database session's time zone).
+    chosen = ((base.where(state == wanted) if wanted else base)
+              .with_only_columns(partner.c.name, state.label("state"), CrmIntegration.last_test_ok,
+                                 utc_wall_time(CrmIntegration.last_test_at).label("last_test_at"),
+                                 utc_wall_time(CrmIntegration.error_at).label("error_at"))
+              .order_by(partner.c.name).limit(bindparam("limit", type_=Integer))
+              .offset(bindparam("offset", type_=Integer)).subquery("chosen")).c
+    page = select(values_text(chosen.name, chosen.state, chosen.last_test_ok, chosen.last_test_at,
+                              chosen.error_at).label("line"),
+                  func.row_number().over(order_by=chosen.name).label("pos")).cte("page")
     key = page_key(page, "pos")
     both = union_all(
         select(key.key_once.label("page_key"), page.c.line, page.c.pos, null().label("state"),
