@@ -230,8 +230,9 @@ def partners():
     """For a supplier: each partner's integration state (On, Off or Error) — never their settings (P3).
 
     A page of 100 partners at a time, one state when asked; the counts for every state come with the page's rows.
-    The page's table is kept per process with the page's key (every value its lines show, written by the
-    database): while the key is unchanged, the database sends no line. Kept per supplier, state, page and address.
+    The page's body is kept per process with the page's key (every value its lines show, written by the
+    database) and the counts it shows: while the key is unchanged, the database sends no line. Kept per supplier,
+    state, page and address.
     """
     if not current_user.organization.is_supplier:
         abort(404)
@@ -241,23 +242,27 @@ def partners():
     page = page_arg()
     slot = (current_user.organization_id, wanted, page, request.script_root)
     cache = app_cache("partner-pages")
-    kept = cache.get(slot)  # (the page's key, its lines, whether a next page exists)
+    kept = cache.get(slot)  # (the page's key, its lines, whether a next page exists, the counts shown, the body)
     rows = db.session.connection().execute(_partner_query(wanted), {
         "supplier_id": current_user.organization_id, "limit": PARTNERS_PER_PAGE + 1,
         "offset": (page - 1) * PARTNERS_PER_PAGE, "known": kept[0] if kept else ""}).all()
     counts = {row.state: row.partners for row in rows if row.partners is not None}
     summary = {s: counts.get(s.name, 0) for s in IntegrationState}
+    shown = tuple(summary.values())
     key = rows[0].page_key  # the first row is the page's first line, or the key alone
     if kept and key == kept[0]:
+        if kept[3] == shown:
+            return render_template("settings/partners.html", body=kept[4])
         lines, more = kept[1], kept[2]
     else:
         texts = [row.line for row in rows if row.partners is None and row.line is not None]
         lines, more = _partner_lines(texts[:PARTNERS_PER_PAGE]), len(texts) > PARTNERS_PER_PAGE
-        if key is not None:
-            cache.put(slot, (key, lines, more))
-    return render_template("settings/partners.html", lines=lines, total=sum(summary.values()),
-                           counts=_partner_counts(summary, wanted), page=page, more=more, state=wanted,
-                           per_page=PARTNERS_PER_PAGE)
+    body = Markup(render_template(  # noqa: S704 - a rendered template
+        "settings/_partners_body.html", lines=lines, total=sum(shown), counts=_partner_counts(summary, wanted),
+        page=page, more=more, state=wanted, per_page=PARTNERS_PER_PAGE))
+    if key is not None:
+        cache.put(slot, (key, lines, more, shown, body))
+    return render_template("settings/partners.html", body=body)
 
 
 @bp.route("/crm/<int:integration_id>/toggle", methods=["POST"])

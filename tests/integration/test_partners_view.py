@@ -104,3 +104,20 @@ def test_a_kept_page_of_partners_shows_a_change_at_once(app, factory, auth, clie
     assert re.search(r'data-partner="Beta">.*?badge-error', changed, re.S) and "error: 1" in changed.lower()
     factory.org("Gamma", "partner", ("Keeping Supplier",))
     assert 'data-partner="Gamma"' in client.get("/settings/partners").text
+
+
+def test_a_kept_page_shows_new_counts_when_only_partners_on_other_pages_changed(app, factory, auth, client):
+    """A page of one state is kept with its lines; a partner in another state changing moves only the counts, and
+    the kept page shows them at once."""
+    factory.org("Counting Supplier", "supplier")
+    factory.user("boss@counting.example", "Counting Supplier", "admin")
+    factory.integration(factory.org("On Partner", "partner", ("Counting Supplier",)), enabled=True)
+    off = factory.integration(factory.org("Off Partner", "partner", ("Counting Supplier",)), enabled=False)
+    auth.login("boss@counting.example")
+    first = client.get("/settings/partners?state=on").text
+    assert client.get("/settings/partners?state=on").text == first and ">Error: 0</a>" in first
+    with app.app_context():
+        db.session.get(CrmIntegration, off).set_error("auth_failed", "x", "y")
+        db.session.commit()
+    page = client.get("/settings/partners?state=on").text
+    assert ">Error: 1</a>" in page and ">Off: 0</a>" in page and 'data-partner="On Partner"' in page
