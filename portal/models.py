@@ -129,7 +129,7 @@ def page_key(page: CTE, position: str, first=func.min, ready: str | None = None,
     key = joined if ready is None else case((func.min(page.c[ready]) == literal_column("1"), joined), else_=null())
     keyed = select(select(key).scalar_subquery().label("page_key"),
                    select(first(page.c[position])).scalar_subquery().label("first")).cte("keyed")
-    keyed = keyed.prefix_with("MATERIALIZED")  # worked out once, however often the statement reads it
+    keyed = keyed.prefix_with("MATERIALIZED", dialect="postgresql")  # worked out once, however often it is read
     unread = or_(keyed.c.page_key.is_(None), keyed.c.page_key != bindparam("known"))
     key_once = case((or_(page.c[position].is_(None), page.c[position] == keyed.c.first), keyed.c.page_key))
     return PageKey(keyed, unread, key_once)

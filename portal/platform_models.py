@@ -266,7 +266,7 @@ class SyncRun(db.Model):
     __tablename__ = "sync_runs"
     # By integration and id: Sync history reads an integration's newest runs a page at a time.
     __table_args__ = (Index("ix_sync_runs_integration_started", "integration_id", "created_at"),
-                      Index("ix_sync_runs_integration_id", "integration_id", "id"))
+                      Index("ix_sync_runs_integration_newest", "integration_id", "id"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     integration_id: Mapped[int] = mapped_column(ForeignKey("crm_integrations.id", ondelete="CASCADE"))
