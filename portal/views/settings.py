@@ -151,12 +151,16 @@ def _partner_query(wanted: str) -> Select:
     """
     partner = Organization.__table__.alias("partner")
     state = case((CrmIntegration.error_code != "", "error"), (CrmIntegration.enabled.is_(True), "on"), else_="off")
+    linked = partner_suppliers.c.supplier_id == bindparam("supplier_id")
+    # The counts need no partner's name: each link's integration (a link always names an organization).
+    every = (select(state.label("state")).select_from(partner_suppliers)
+             .outerjoin(CrmIntegration, CrmIntegration.organization_id == partner_suppliers.c.partner_id)
+             .where(linked).subquery())
     base = (select(state.label("state"))
             .select_from(partner_suppliers)
             .join(partner, partner.c.id == partner_suppliers.c.partner_id)
             .outerjoin(CrmIntegration, CrmIntegration.organization_id == partner.c.id)
-            .where(partner_suppliers.c.supplier_id == bindparam("supplier_id")))
-    every = base.subquery()
+            .where(linked))
     # The page's partners are chosen first, and only theirs are written as text. The dates are only written, as UTC
     # wall times: read so (naive, whatever the database session's time zone).
     chosen = ((base.where(state == wanted) if wanted else base)
