@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from flask import current_app, g
+from flask import current_app, g, render_template
 from flask_wtf.csrf import generate_csrf
 from markupsafe import Markup, escape
 
@@ -149,12 +149,21 @@ def cached_markup(cache: RenderedCache, key: Hashable, draw: Callable[[], tuple[
     return found
 
 
-def kept_lines(cache: RenderedCache, keys: Sequence[Hashable], draw: Callable[[Any], str]) -> list[str]:
+def drawn_pieces(template: str, **context) -> tuple[str, ...]:
+    """TEMPLATE drawn with a placeholder for the CSRF token, as the pieces around the token's places (see
+    :func:`with_token`)."""
+    with csrf_placeholder() as placeholder:
+        return split_tokens(render_template(template, **context), placeholder)
+
+
+def kept_lines(cache: RenderedCache, keys: Sequence[Hashable], draw: Callable[[Any], tuple[str, bool]]) -> list[str]:
     """A page's lines, each under its key (every value the line shows): kept ones from the cache, the others drawn
-    by ``draw(key)`` and kept."""
+    by ``draw(key)``, which says too whether the line may be kept (a line that changes with the clock may not)."""
     lines = cache.get_many(keys)
     for index, line in enumerate(lines):
         if line is None:
-            line = lines[index] = draw(keys[index])
-            cache.put(keys[index], line)
+            line, keep = draw(keys[index])
+            lines[index] = line
+            if keep:
+                cache.put(keys[index], line)
     return lines

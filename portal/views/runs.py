@@ -25,7 +25,7 @@ from ..access import admin_required, own_integration
 from ..extensions import db
 from ..forms import CsrfOnlyForm
 from ..models import CrmIntegration, audit
-from ..page_cache import app_cache, csrf_placeholder, split_tokens, with_token
+from ..page_cache import app_cache, drawn_pieces, kept_lines, with_token
 from ..platform_models import SyncRun
 from . import DB_INT_MAX, id_arg
 from .htmx import answer, fragment, is_htmx, poll, require_csrf
@@ -111,19 +111,18 @@ def run_row(run: SyncRun, run_url: str | None = None, focus: bool = False, annou
 # wrote them) and the runs' address; holding nothing of a user or a session. A line that is not settled
 # (RunLine.settled: queued or running, it polls and shows progress; ended without its end, its duration runs to
 # the clock) is never kept, so always drawn afresh; so is the line that announces a run's end.
+def _drawn_line(key: tuple[str, str]) -> tuple[str, bool]:
+    """A run's line from its key (its text and the runs' address), and whether it may be kept (it is settled)."""
+    line, run_url = key
+    run = ledger.RunLine.read(line)
+    return run_row(run, run_url), bool(run.settled)
+
+
 @bp.app_template_global()
 def run_lines(lines: Sequence[str], run_url: str, focus_newest: bool = False) -> Markup:
     """The history's lines (ledger.HistoryPage.lines), newest first; after Sync now or Preview (FOCUS_NEWEST) the
     newest is the focus target, and says so once if it is already done."""
-    cache = app_cache("history-lines", scale=16)
-    keys = [(line, run_url) for line in lines]
-    drawn = cache.get_many(keys)
-    for index, found in enumerate(drawn):
-        if found is None:
-            run = ledger.RunLine.read(lines[index])
-            drawn[index] = run_row(run, run_url)
-            if run.settled:
-                cache.put(keys[index], drawn[index])
+    drawn = kept_lines(app_cache("history-lines", scale=16), [(line, run_url) for line in lines], _drawn_line)
     if focus_newest and lines:
         newest = ledger.RunLine.read(lines[0])
         drawn[0] = run_row(newest, run_url, focus=True, announce=newest.done)
@@ -178,8 +177,7 @@ def _history_parts(integration_id: int, *, whole: bool) -> tuple[dict, Markup, t
     else:
         section = Markup(render_template("runs/_runs.html", **ctx))  # noqa: S704 - a rendered template
     if whole:
-        with csrf_placeholder() as placeholder:
-            body = split_tokens(render_template("runs/_history_body.html", runs_section=section, **ctx), placeholder)
+        body = drawn_pieces("runs/_history_body.html", runs_section=section, **ctx)
     if page.key is not None:
         cache.put(slot, (page.key, section, page.head, body))
     return ctx, section, body

@@ -30,7 +30,7 @@ from ..models import (
     utcnow,
     values_text,
 )
-from ..page_cache import app_cache, csrf_placeholder, kept_lines, split_tokens, with_token
+from ..page_cache import app_cache, drawn_pieces, kept_lines, with_token
 from ..queues import QUEUE_DEFAULT
 from . import page_arg
 from .htmx import fragment, is_htmx, poll, require_csrf
@@ -113,9 +113,8 @@ def crm():
     cache = app_cache("settings.crm")
     pieces = cache.get(key)
     if pieces is None:
-        with csrf_placeholder() as placeholder:
-            pieces = split_tokens(render_template("settings/_crm_body.html", rows=rows, health=health,
-                                                  notices=notices, is_supplier=is_supplier), placeholder)
+        pieces = drawn_pieces("settings/_crm_body.html", rows=rows, health=health, notices=notices,
+                              is_supplier=is_supplier)
         cache.put(key, pieces)
     return render_template("settings/crm.html", body=with_token(pieces))
 
@@ -191,9 +190,9 @@ def _wall_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text is not None else None
 
 
-def _partner_line(line: str) -> str:
+def _partner_line(line: str) -> tuple[str, bool]:
     """A partner's line of the table as its body writes it, from its text (see _partner_query): name, state,
-    last_test_ok, last_test_at and error_at (UTC wall times)."""
+    last_test_ok, last_test_at and error_at (UTC wall times); always to be kept (nothing in it moves by itself)."""
     name, state, last_test_ok, last_test_at, error_at = json.loads(line)
     last_test_at, error_at = _wall_time(last_test_at), _wall_time(error_at)
     name = escape(name)
@@ -202,7 +201,7 @@ def _partner_line(line: str) -> str:
     problem = f"{error_at:%Y-%m-%d %H:%M UTC}" if error_at else ""
     # With the whitespace of the template's loop that wrote the lines before, so the page is the same.
     return (f'\n    <tr data-partner="{name}">\n      <th scope="row">{name}</th>\n      <td>{_BADGES[state]}</td>\n'
-            f"      <td>{tested}</td>\n      <td>{problem}</td>\n    </tr>\n  ")
+            f"      <td>{tested}</td>\n      <td>{problem}</td>\n    </tr>\n  "), True
 
 
 def _partner_lines(lines: Sequence[str]) -> Markup:
