@@ -125,7 +125,8 @@ def page_key(page: CTE, position: str, first=func.min, ready: str | None = None,
     The rows' order in the key is the database's: an order that changes makes a different key, never the same key
     for different rows.
     """
-    joined = func.aggregate_strings(page.c[text], ",")
+    # The separator is written in the SQL: given as a value, SQLAlchemy would write it in on every request.
+    joined = func.aggregate_strings(page.c[text], literal_column("','"))
     key = joined if ready is None else case((func.min(page.c[ready]) == literal_column("1"), joined), else_=null())
     keyed = select(select(key).scalar_subquery().label("page_key"),
                    select(first(page.c[position])).scalar_subquery().label("first")).cte("keyed")

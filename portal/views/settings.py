@@ -10,7 +10,7 @@ from datetime import datetime
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
-from sqlalchemy import Integer, Select, bindparam, case, cast, func, null, select, union_all
+from sqlalchemy import Integer, Select, bindparam, case, cast, func, null, or_, select, union_all
 from sqlalchemy.orm import load_only
 
 from .. import catalog, jobs_state, lifecycle
@@ -60,8 +60,9 @@ _OPEN = Notice.__table__.alias("open_notice")
 _LISTING = (
     select(CrmIntegration, BackgroundJob, Notice)
     .select_from(Organization)
+    # The kinds as "or": an IN list would be written into the SQL on every request (SQLAlchemy's expanding values).
     .outerjoin(CrmIntegration, (CrmIntegration.organization_id == Organization.id)
-               & CrmIntegration.kind.in_(list(catalog.CRM_KINDS)))
+               & or_(*(CrmIntegration.kind == kind for kind in catalog.CRM_KINDS)))
     .outerjoin(BackgroundJob, BackgroundJob.id == (
         select(_HEALTH.c.id)
         .where(_HEALTH.c.kind == "health", _HEALTH.c.organization_id == bindparam("organization_id"))

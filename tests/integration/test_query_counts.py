@@ -42,3 +42,35 @@ def test_listing_and_edit_pages_have_a_small_fixed_cost(app, partner_admin, clie
         client.get(f"/settings/crm/{iid}/edit")
     assert len(listing) <= 8, listing
     assert len(edit) <= 10, edit
+
+
+def test_the_pages_sql_is_written_once_not_on_each_request(app, factory, partner_admin, client):
+    """No page's statement has a parameter SQLAlchemy writes into its SQL on each request (an IN list, a literal):
+    the SQL is then written anew every time, which cost the listing and the kept pages CPU on every request."""
+    from sqlalchemy import event
+
+    from ..conftest import Auth
+
+    factory.org("Written Once Supplier", "supplier")
+    factory.user("boss@written-once.example", "Written Once Supplier", "admin")
+    supplier = app.test_client()
+    Auth(supplier).login("boss@written-once.example")
+    iid = partner_admin["integration_id"]
+    pages = ((client, "/settings/crm"), (client, f"/settings/crm/{iid}/edit"), (client, f"/settings/crm/{iid}/runs"),
+             (supplier, "/settings/partners"))
+    rewritten: list[str] = []
+
+    def record(_conn, _cursor, statement, _params, context, _many):
+        compiled = getattr(context, "compiled", None)
+        if compiled is not None and (compiled.literal_execute_params or compiled.post_compile_params):
+            rewritten.append(statement)
+
+    with app.app_context():
+        engine = db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for who, path in pages * 2:  # the first visit draws and keeps; the second is served from what was kept
+            assert who.get(path).status_code == 200, path
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert rewritten == []
