@@ -140,12 +140,18 @@ def with_token(pieces: tuple[str, ...]) -> Markup:
     return Markup(str(escape(generate_csrf())).join(pieces))  # noqa: S704 - pieces are rendered, escaped markup
 
 
-def cached_markup(cache: RenderedCache, key: Hashable, draw: Callable[[], tuple[Hashable, Any]]) -> Any:
-    """The value kept under ``key``, or what ``draw()`` returns, kept under the key ``draw`` computed itself."""
+def cached_markup(cache: RenderedCache, read_key: Callable[[], Hashable], draw: Callable[[], Any]) -> Any:
+    """The value kept under the key ``read_key()`` reads, or what ``draw()`` returns.
+
+    What was drawn is kept under that key only when the key, read again once drawn, is the same: a save between the
+    first read and the drawing would otherwise keep the new drawing under the old key.
+    """
+    key = read_key()
     found = cache.get(key)
     if found is None:
-        drawn_key, found = draw()
-        cache.put(drawn_key, found)
+        found = draw()
+        if read_key() == key:
+            cache.put(key, found)
     return found
 
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from markupsafe import Markup
-from sqlalchemy import bindparam, inspect, select
+from sqlalchemy import bindparam, func, inspect, select
 from sqlalchemy.orm import aliased
 
 from .. import jobs_state, lifecycle, page_cache
@@ -24,6 +24,7 @@ from ..models import (
     audit,
     partner_suppliers,
     utcnow,
+    values_text,
 )
 from ..queues import QUEUE_TESTS
 from .htmx import fragment, is_htmx, poll, require_csrf
@@ -123,18 +124,30 @@ def _page(integration: CrmIntegration, forms: dict, status: int = 200, saved: st
 
 # --- A plain GET: the sections from the cache, keyed by every value they are drawn from ---------------------------
 
-_INTEGRATION_KEYS = tuple(attr.key for attr in inspect(CrmIntegration).column_attrs)
-_TEST_KEYS = tuple(attr.key for attr in inspect(BackgroundJob).column_attrs)
-_SECRETS = frozenset(CrmIntegration.SECRET_FIELDS)
-_SUPPLIER = aliased(Organization)
-_TEST_AT = len(_INTEGRATION_KEYS)
-_SUPPLIER_AT = _TEST_AT + len(_TEST_KEYS)
+def _saved_or_not(column):
+    """A secret as the page shows it: saved or not (never its value, even encrypted)."""
+    return func.coalesce(func.length(column), 0) > 0
 
-# One statement: the integration (only the signed-in organization's), its last connection test and the partner's
-# suppliers (one row each, in the order of Organization.suppliers), as plain rows.
-_DRAWN_FROM = (
-    select(*(getattr(CrmIntegration, key) for key in _INTEGRATION_KEYS),
-           *(getattr(BackgroundJob, key).label(f"test_{key}") for key in _TEST_KEYS),
+
+def _texts(columns: list) -> list:
+    """COLUMNS' values as texts written by the database (models.values_text), at most 50 to a text (PostgreSQL's
+    functions take at most 100 arguments)."""
+    return [values_text(*columns[at:at + 50]) for at in range(0, len(columns), 50)]
+
+
+_SECRETS = frozenset(CrmIntegration.SECRET_FIELDS)
+_INTEGRATION_VALUES = [_saved_or_not(attr.columns[0]) if attr.key in _SECRETS else attr.columns[0]
+                       for attr in inspect(CrmIntegration).column_attrs]
+_TEST_VALUES = [attr.columns[0] for attr in inspect(BackgroundJob).column_attrs]
+_SUPPLIER = aliased(Organization)
+
+# One statement: every value the sections are drawn from as a few texts written by the database (the integration,
+# only the signed-in organization's, and its last connection test; a secret only as saved or not), whether that
+# test is queued and since when (a test no worker took is drawn as stuck), and the partner's suppliers, one row
+# each in the order of Organization.suppliers. A few texts cost the driver far less than sixty columns.
+_SAVED = (
+    select(*_texts(_INTEGRATION_VALUES), *_texts(_TEST_VALUES),
+           BackgroundJob.status.label("test_status"), BackgroundJob.created_at.label("test_created_at"),
            _SUPPLIER.id.label("choice_id"), _SUPPLIER.name.label("choice_name"))
     .select_from(CrmIntegration)
     .outerjoin(BackgroundJob, BackgroundJob.id == _latest_test_id(CrmIntegration.id))
@@ -143,43 +156,31 @@ _DRAWN_FROM = (
     .where(*OWN_INTEGRATION)
     .order_by(_SUPPLIER.name)
 )
-
-
-def _sections_key(integration: tuple, test: tuple | None, suppliers: tuple, stuck: bool) -> tuple:
-    """Every value the sections are drawn from, the CSRF token aside.
-
-    All the integration's columns (a secret only as saved or not), the last test's columns, the supplier choices,
-    whether no worker took the test, and the app's settings the sections show.
-    """
-    columns = zip(_INTEGRATION_KEYS, integration, strict=True)
-    return (request.script_root, current_app.config["PLATFORM_NAME"],
-            tuple(bool(value) if key in _SECRETS else value for key, value in columns), test, suppliers, stuck)
+_TEXTS = len(_texts(_INTEGRATION_VALUES)) + len(_texts(_TEST_VALUES))
 
 
 def _saved_key(integration_id: int) -> tuple:
-    """The sections' key read in one statement; 404 for an integration not the signed-in organization's."""
+    """The sections' key: every value they are drawn from, the CSRF token aside (the saved values, whether no worker
+    took the last test, the app's settings the sections show), read in one statement; 404 for an integration not
+    the signed-in organization's."""
     rows = db.session.connection().execute(
-        _DRAWN_FROM, {"integration_id": integration_id, "organization_id": current_user.organization_id}).all()
+        _SAVED, {"integration_id": integration_id, "organization_id": current_user.organization_id}).all()
     if not rows:
         abort(404)
     first = rows[0]
-    test = tuple(first[_TEST_AT:_SUPPLIER_AT]) if first.test_id is not None else None
-    stuck = test is not None and jobs_state.is_stuck_in_queue(
+    stuck = first.test_status is not None and jobs_state.is_stuck_in_queue(
         SimpleNamespace(status=first.test_status, created_at=first.test_created_at))
     suppliers = tuple((row.choice_id, row.choice_name) for row in rows if row.choice_id is not None)
-    return _sections_key(tuple(first[:_TEST_AT]), test, suppliers, stuck)
+    return (request.script_root, current_app.config["PLATFORM_NAME"], *first[:_TEXTS], suppliers, stuck)
 
 
-def _draw_sections(integration_id: int) -> tuple[tuple, tuple[str, tuple[str, ...], bool]]:
-    """The sections drawn as any render draws them, with a placeholder for the CSRF token, and their key."""
+def _draw_sections(integration_id: int) -> tuple[str, tuple[str, ...], bool]:
+    """The sections drawn as any render draws them, with a placeholder for the CSRF token: the page's label, the
+    pieces around the token's places, and whether a connection test runs."""
     integration = own_integration(integration_id)
     with page_cache.csrf_placeholder() as placeholder:
         ctx, drawn = _sections(integration, build_forms(integration))
-    test = ctx["test"]
-    key = _sections_key(tuple(getattr(integration, key) for key in _INTEGRATION_KEYS),
-                        tuple(getattr(test, key) for key in _TEST_KEYS) if test is not None else None,
-                        tuple(_supplier_choices(integration)), ctx["stuck"])
-    return key, (integration.label, page_cache.split_tokens(drawn, placeholder), _busy(ctx))
+    return integration.label, page_cache.split_tokens(drawn, placeholder), _busy(ctx)
 
 
 @bp.route("/<int:integration_id>/edit")
@@ -190,7 +191,7 @@ def edit(integration_id: int):
     if not cache.size:
         integration = own_integration(integration_id)
         return _page(integration, build_forms(integration))
-    label, pieces, busy = page_cache.cached_markup(cache, _saved_key(integration_id),
+    label, pieces, busy = page_cache.cached_markup(cache, lambda: _saved_key(integration_id),
                                                    lambda: _draw_sections(integration_id))
     return _layout(label, page_cache.with_token(pieces), busy)
 
