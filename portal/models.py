@@ -91,7 +91,8 @@ def _utc_wall_time(element: utc_moment, compiler, **kw) -> str:
 
 class values_text(FunctionElement):  # noqa: N801 - an SQL function's name
     """A row's values as one text that no other row's values make: a JSON array (PostgreSQL ``json_build_array``,
-    SQLite ``json_array``), each value as the database writes its type, NULL as null."""
+    SQLite ``json_array``), each value as the database writes its type, NULL as null. Not for floating-point
+    values: SQLite writes 15 digits, so two close floats write the same text (no model has a float column)."""
 
     type = Text()
     inherit_cache = True

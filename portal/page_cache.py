@@ -140,8 +140,8 @@ def with_token(pieces: tuple[str, ...]) -> Markup:
     return Markup(str(escape(generate_csrf())).join(pieces))  # noqa: S704 - pieces are rendered, escaped markup
 
 
-def cached_markup(cache: RenderedCache, read_key: Callable[[], Hashable], draw: Callable[[], Any]) -> Any:
-    """The value kept under the key ``read_key()`` reads, or what ``draw()`` returns.
+def cached_markup(cache: RenderedCache, read_key: Callable[[], Hashable], draw: Callable[[Any], Any]) -> Any:
+    """The value kept under the key ``read_key()`` reads, or what ``draw(key)`` returns.
 
     What was drawn is kept under that key only when the key, read again once drawn, is the same: a save between the
     first read and the drawing would otherwise keep the new drawing under the old key.
@@ -149,7 +149,7 @@ def cached_markup(cache: RenderedCache, read_key: Callable[[], Hashable], draw: 
     key = read_key()
     found = cache.get(key)
     if found is None:
-        found = draw()
+        found = draw(key)
         if read_key() == key:
             cache.put(key, found)
     return found

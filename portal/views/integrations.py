@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import SimpleNamespace
+from typing import NamedTuple
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
@@ -46,10 +48,12 @@ def _supplier_choices(integration: CrmIntegration) -> list[tuple[int, str]]:
     return [(s.id, s.name) for s in org.suppliers]
 
 
-def build_forms(integration: CrmIntegration, posted: str | None = None) -> dict:
-    """The four forms: the posted one reads the request, the others show what is saved."""
+def build_forms(integration: CrmIntegration, posted: str | None = None,
+                suppliers: Sequence[tuple[int, str]] | None = None) -> dict:
+    """The four forms: the posted one reads the request, the others show what is saved. SUPPLIERS: the partner's
+    suppliers as already read (id, name), else read here."""
     general = GeneralForm(formdata=request.form if posted == "general" else None, obj=integration, prefix="general")
-    suppliers = _supplier_choices(integration)
+    suppliers = list(suppliers) if suppliers is not None else _supplier_choices(integration)
     general.supplier_id.choices = choices([(0, "— Choose a supplier —"), *suppliers])
     if posted != "general":
         # A partner of exactly one supplier has nothing to choose: that supplier is preselected.
@@ -77,7 +81,7 @@ def _latest_test_id(integration_id):
     return (
         select(job.id)
         .where(job.integration_id == integration_id, job.kind == "connection-test")
-        .order_by(job.created_at.desc())
+        .order_by(job.created_at.desc(), job.id.desc())  # the same one for every statement, even in a tie
         .limit(1)
         .correlate(CrmIntegration)
         .scalar_subquery()
@@ -159,10 +163,18 @@ _SAVED = (
 _TEXTS = len(_texts(_INTEGRATION_VALUES)) + len(_texts(_TEST_VALUES))
 
 
-def _saved_key(integration_id: int) -> tuple:
-    """The sections' key: every value they are drawn from, the CSRF token aside (the saved values, whether no worker
-    took the last test, the app's settings the sections show), read in one statement; 404 for an integration not
-    the signed-in organization's."""
+class _Saved(NamedTuple):
+    """The sections' key: every value they are drawn from, the CSRF token aside."""
+
+    script_root: str
+    platform: str
+    texts: tuple[str, ...]  # the integration's and its last test's values, as the database wrote them
+    suppliers: tuple[tuple[int, str], ...]  # the partner's suppliers (id, name): the drawing's choices
+    stuck: bool  # no worker took the last test
+
+
+def _saved_key(integration_id: int) -> _Saved:
+    """The sections' key, read in one statement; 404 for an integration not the signed-in organization's."""
     rows = db.session.connection().execute(
         _SAVED, {"integration_id": integration_id, "organization_id": current_user.organization_id}).all()
     if not rows:
@@ -171,15 +183,16 @@ def _saved_key(integration_id: int) -> tuple:
     stuck = first.test_status is not None and jobs_state.is_stuck_in_queue(
         SimpleNamespace(status=first.test_status, created_at=first.test_created_at))
     suppliers = tuple((row.choice_id, row.choice_name) for row in rows if row.choice_id is not None)
-    return (request.script_root, current_app.config["PLATFORM_NAME"], *first[:_TEXTS], suppliers, stuck)
+    return _Saved(request.script_root, current_app.config["PLATFORM_NAME"], tuple(first[:_TEXTS]), suppliers, stuck)
 
 
-def _draw_sections(integration_id: int) -> tuple[str, tuple[str, ...], bool]:
+def _draw_sections(integration_id: int, key: _Saved) -> tuple[str, tuple[str, ...], bool]:
     """The sections drawn as any render draws them, with a placeholder for the CSRF token: the page's label, the
-    pieces around the token's places, and whether a connection test runs."""
+    pieces around the token's places, and whether a connection test runs. The supplier choices are the key's: a
+    link made and undone while drawing cannot leave them out of the key."""
     integration = own_integration(integration_id)
     with page_cache.csrf_placeholder() as placeholder:
-        ctx, drawn = _sections(integration, build_forms(integration))
+        ctx, drawn = _sections(integration, build_forms(integration, suppliers=key.suppliers))
     return integration.label, page_cache.split_tokens(drawn, placeholder), _busy(ctx)
 
 
@@ -192,7 +205,7 @@ def edit(integration_id: int):
         integration = own_integration(integration_id)
         return _page(integration, build_forms(integration))
     label, pieces, busy = page_cache.cached_markup(cache, lambda: _saved_key(integration_id),
-                                                   lambda: _draw_sections(integration_id))
+                                                   lambda key: _draw_sections(integration_id, key))
     return _layout(label, page_cache.with_token(pieces), busy)
 
 

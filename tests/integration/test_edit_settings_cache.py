@@ -169,7 +169,7 @@ def test_a_saved_password_and_the_test_state_show_at_once(app, partner_admin, cl
     assert ciphertext not in repr(keys)
     # The newest key's integration values (written by the database, a column each) say the password is saved.
     names = [attr.key for attr in inspect(CrmIntegration).column_attrs]
-    assert json.loads(keys[-1][2])[names.index("password_encrypted")] in (1, True)
+    assert json.loads(keys[-1].texts[0])[names.index("password_encrypted")] in (1, True)
     with app.app_context():
         db.session.get(BackgroundJob, "t" * 32).status = JobStatus.failed
         db.session.commit()
@@ -191,6 +191,40 @@ def test_a_changed_supplier_name_shows(app, partner_admin, client):
         db.session.commit()
     page = get_page(client, iid)
     assert "Acme &amp; &lt;Sons&gt;" in page and "Acme Supplier" not in page
+
+
+def test_a_supplier_linked_and_unlinked_while_the_page_is_drawn_is_not_kept(app, partner_admin, client, factory):
+    """Another request links a supplier just after the key is read and unlinks it just before it is read again: the
+    page drawn in between must not be kept under the key of the state without the link, nor shown later."""
+    from sqlalchemy import event, text
+
+    factory.org("Ghost Supplier", "supplier")
+    iid, org_id = partner_admin["integration_id"], partner_admin["org_id"]
+    with app.app_context():
+        engine = db.engine
+        ghost = db.session.scalars(db.select(Organization.id).filter_by(name="Ghost Supplier")).one()
+    keys_read = []
+
+    def another_request(_conn, _cursor, statement, *_args):
+        if "json_" not in statement or "partner_suppliers" not in statement:
+            if len(keys_read) == 1 and "linked" not in keys_read:  # the first statement after the key's read
+                keys_read.append("linked")
+                with engine.begin() as other:
+                    other.execute(text("INSERT INTO partner_suppliers (partner_id, supplier_id) VALUES (:p, :s)"),
+                                  {"p": org_id, "s": ghost})
+            return
+        if keys_read:  # the key read again, once drawn: the link is undone just before
+            with engine.begin() as other:
+                other.execute(text("DELETE FROM partner_suppliers WHERE supplier_id = :s"), {"s": ghost})
+        keys_read.append("key")
+
+    event.listen(engine, "before_cursor_execute", another_request)
+    try:
+        get_page(client, iid)
+    finally:
+        event.remove(engine, "before_cursor_execute", another_request)
+    assert keys_read == ["key", "linked", "key"]
+    assert "Ghost Supplier" not in get_page(client, iid)
 
 
 def test_two_sessions_get_their_own_csrf_tokens(app, partner_admin, client, factory):

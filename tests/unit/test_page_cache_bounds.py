@@ -29,7 +29,7 @@ def test_a_drawing_is_kept_only_when_its_key_still_holds_once_drawn():
     saved = {"value": "old"}
 
     def draw_while_saved(new: str):
-        def draw():
+        def draw(_key):
             saved["value"] = new  # a save lands between the key's read and the drawing
             return f"page of {new}"
         return draw
@@ -38,5 +38,5 @@ def test_a_drawing_is_kept_only_when_its_key_still_holds_once_drawn():
     assert cached_markup(cache, lambda: saved["value"], draw_while_saved("new")) == "page of new"
     assert cache.get("old") is None and len(cache) == 0
     # Nothing changed while drawing: kept, and served from the cache the next time.
-    assert cached_markup(cache, lambda: saved["value"], lambda: "page of new") == "page of new"
-    assert cached_markup(cache, lambda: saved["value"], lambda: "drawn again") == "page of new"
+    assert cached_markup(cache, lambda: saved["value"], lambda _key: "page of new") == "page of new"
+    assert cached_markup(cache, lambda: saved["value"], lambda _key: "drawn again") == "page of new"
