@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
@@ -470,6 +471,42 @@ def test_throttle_halves_and_recovers() -> None:
         throttle.acquire()
         throttle.release()
     assert throttle.limit == 5
+
+
+def test_throttle_halves_once_for_the_429s_of_one_burst(monkeypatch) -> None:  # noqa: ANN001
+    """Every request in flight refused together (one Retry-After) lowers the limit once; a later 429 halves again."""
+    now = [100.0]
+    monkeypatch.setattr(webapi, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    throttle = Throttle(8)
+    for _ in range(8):
+        throttle.throttled(2.0)
+    assert throttle.limit == 4  # once for the burst, not 8 → 4 → 2 → 1
+    assert throttle.events == 8 and throttle.waited == 16.0 and throttle.not_before == 102.0
+    now[0] = 101.5
+    throttle.throttled(2.0)  # still within the halving's window: the same burst
+    assert throttle.limit == 4 and throttle.not_before == 103.5 and throttle.events == 9
+    now[0] = 102.5
+    throttle.throttled(2.0)  # the window runs from the halving: 429s that go on halve once a window
+    assert throttle.limit == 2 and throttle.not_before == 104.5 and throttle.events == 10
+    now[0] = 105.0
+    throttle.throttled(2.0)
+    assert throttle.limit == 1
+
+
+def test_throttle_without_retry_after_takes_a_short_window_as_one_burst(monkeypatch) -> None:  # noqa: ANN001
+    """429s that ask for no wait are one burst for a second: the limit halves once, and nobody is held back."""
+    now = [100.0]
+    monkeypatch.setattr(webapi, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    throttle = Throttle(8)
+    for _ in range(4):
+        throttle.throttled(0.0)
+    assert throttle.limit == 4 and throttle.not_before == 100.0 and throttle.waited == 0.0
+    now[0] = 100.0 + webapi.BURST_SECONDS / 2
+    throttle.throttled(0.0)
+    assert throttle.limit == 4
+    now[0] = 100.0 + webapi.BURST_SECONDS
+    throttle.throttled(0.0)
+    assert throttle.limit == 2 and throttle.events == 6
 
 
 def test_record_body_binds_lookups_and_converts_values() -> None:

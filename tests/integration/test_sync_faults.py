@@ -232,9 +232,10 @@ def test_the_limit_is_the_least_of_the_setting_the_halving_and_the_hint_and_halv
 def test_a_burst_of_429s_met_by_one_worker_halves_the_limit_every_worker_uses_once(app, ready, monkeypatch):
     """Dynamics 365 online: 429s lower the integration's limit in Redis at once, once per Retry-After window.
 
-    One worker's four batches meet a CRM that takes one request at a time: three are refused together. The
-    other worker (its own gateway) then finds the limit halved, once for the burst, not once per refusal; the
-    refused batches still wait out Retry-After and go again, and every record is there once.
+    One worker's four batches meet a CRM that takes two requests at a time: two are refused together. The
+    other worker (its own gateway) then finds the limit halved, once for the burst, not once per refusal (that
+    would leave 1), and so does the worker's own throttle; the refused batches still wait out Retry-After and go
+    again, two at once, which the CRM takes, and every record is there once.
     """
     crm = ready["crm"]
     first, other = online_gateways(app, ready, monkeypatch, 2, 4)
@@ -242,12 +243,15 @@ def test_a_burst_of_429s_met_by_one_worker_halves_the_limit_every_worker_uses_on
         first.service().who_am_i()
         assert other.slots.limit() == 4
         first.writer.batch_size = 25
-        crm.set_faults(max_concurrent_requests=1, latency_ms=300, throttle_retry_after=2)
+        # A second for each request: the four lanes' batches are in the CRM's hands together even when a lane
+        # starts late (it opens its own session first).
+        crm.set_faults(max_concurrent_requests=2, latency_ms=1000, throttle_retry_after=2)
         started = time.monotonic()
         results = first.write(lead_creates("burst", 100))  # four batches at once
         took = time.monotonic() - started
         throttled = crm.stats()["faults"].get("throttle", 0)
         limit = other.slots.limit()
+        own_limit = first.service().throttle.limit
     finally:
         first.close()
         other.close()
@@ -256,6 +260,7 @@ def test_a_burst_of_429s_met_by_one_worker_halves_the_limit_every_worker_uses_on
     assert throttled >= 2  # several batches were refused in one burst
     assert took >= 2  # and waited out Retry-After before going again
     assert limit == 2  # every worker's limit, halved once for the burst
+    assert own_limit == 2  # and the worker's own, once too
     counts = emails_in_crm(crm)
     assert len(counts) == 100 and set(counts.values()) == {1}
 

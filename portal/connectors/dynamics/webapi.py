@@ -64,6 +64,9 @@ MAX_URL_LENGTH = 32 * 1024
 MAX_BATCH_URL_LENGTH = 64 * 1024
 PAGING_ROOM = 2048  # what page, count and the paging cookie of a later page may add to a query's URL
 MAX_THROTTLE_WAITS = 8  # 429s met by one request before it is handed back as Server Busy
+# 429s within this many seconds of a halving (or within its Retry-After, if longer) are one burst: the limit
+# halves once for all the requests refused together, as the limit shared by every worker does.
+BURST_SECONDS = 1.0
 
 # Entity set names of the entities the sync uses; any other is read from the metadata once.
 ENTITY_SETS = {
@@ -108,9 +111,11 @@ class QueryTooLongError(FaultError):
 
 
 class Throttle:
-    """Requests in flight to one environment: a limit that halves on each 429 and creeps back up after successes.
+    """Requests in flight to one environment: a limit that halves once per burst of 429s and climbs after successes.
 
-    It never goes above the configured limit, nor above the degree of parallelism the service recommends.
+    A halving holds off the next one for the Retry-After it was given (at least ``BURST_SECONDS``): the other
+    requests refused in the same burst wait as asked but do not halve the limit again. It never goes above the
+    configured limit, nor above the degree of parallelism the service recommends.
     """
 
     def __init__(self, limit: int) -> None:
@@ -121,6 +126,7 @@ class Throttle:
         self.not_before = 0.0
         self.events = 0
         self.waited = 0.0
+        self._quiet_until = 0.0  # the end of the last halving's burst
         self._good = 0
         self._cond = threading.Condition()
 
@@ -158,12 +164,16 @@ class Throttle:
                 self._cond.notify_all()
 
     def throttled(self, retry_after: float) -> None:
-        """The service said 429: nobody sends before Retry-After is over, and fewer requests go at once."""
+        """The service said 429: nobody sends before Retry-After is over, and fewer go at once (halved once a burst)."""
         with self._cond:
+            now = time.monotonic()
             self.events += 1
             self.waited += retry_after
-            self.not_before = max(self.not_before, time.monotonic() + retry_after)
-            self.limit = max(1, self.limit // 2)
+            self.not_before = max(self.not_before, now + retry_after)
+            # The window runs from the halving, not from the latest 429: 429s that keep coming halve once a window.
+            if now >= self._quiet_until:
+                self.limit = max(1, self.limit // 2)
+                self._quiet_until = now + max(BURST_SECONDS, retry_after)
             self._good = 0
             self._cond.notify_all()
 
