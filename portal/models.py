@@ -15,6 +15,7 @@ from sqlalchemy import (
     DateTime,
     Enum,
     ForeignKey,
+    Index,
     Integer,
     String,
     Table,
@@ -163,6 +164,8 @@ partner_suppliers = Table(
     db.metadata,
     Column("partner_id", ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
     Column("supplier_id", ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True),
+    # A supplier's partners (its page and counts, a supplier deleted): the key leads with the partner.
+    Index("ix_partner_suppliers_supplier", "supplier_id", "partner_id"),
 )
 
 
