@@ -6,12 +6,13 @@ import functools
 import json
 from collections.abc import Sequence
 from datetime import datetime
+from itertools import accumulate
+from typing import NamedTuple
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
 from sqlalchemy import Integer, Select, bindparam, case, cast, func, null, or_, select, union_all
-from sqlalchemy.orm import load_only
 
 from .. import catalog, jobs_state, lifecycle
 from ..access import admin_required, own_integration
@@ -21,6 +22,7 @@ from ..models import (
     BackgroundJob,
     CrmIntegration,
     IntegrationState,
+    JobStatus,
     Notice,
     Organization,
     integration_for,
@@ -45,20 +47,55 @@ def home():
     return redirect(url_for("settings.crm"))
 
 
+class ListedIntegration(NamedTuple):
+    """An integration as the listing shows it; ``label``, ``state`` and ``error_from_sync`` are CrmIntegration's own."""
+
+    id: int
+    organization_id: int
+    kind: str
+    connection_kind: str
+    enabled: bool
+    last_test_ok: bool | None
+    last_test_at: datetime | None
+    error_code: str
+    error_message: str
+    error_action: str
+    error_at: datetime | None
+
+    is_online = CrmIntegration.is_online
+    label = CrmIntegration.label
+    state = CrmIntegration.state
+    error_from_sync = CrmIntegration.error_from_sync
+
+
+class ListedHealth(NamedTuple):
+    """The last worker health check as the listing shows it; ``done`` is BackgroundJob's own."""
+
+    id: str
+    status: JobStatus
+    message: str
+    created_at: datetime | None
+    finished_at: datetime | None
+
+    done = BackgroundJob.done
+
+
+class ListedNotice(NamedTuple):
+    """An open notice as the listing shows it."""
+
+    id: int
+    message: str
+
+
 # Built once (see portal.access), with the organization as a parameter: the listing in one statement. The
 # organization's row anchors it, so the last health job and the open notices come even before any integration
-# exists; a row per integration and open notice (one kind, at most 20 notices).
-# What the listing's templates read of each row besides its id: all the statement loads, and the kept page's key.
-_SHOWN = {
-    CrmIntegration: ("organization_id", "kind", "connection_kind", "enabled", "last_test_ok", "last_test_at",
-                     "error_code", "error_message", "error_action", "error_at"),
-    BackgroundJob: ("status", "message", "created_at", "finished_at"),
-    Notice: ("message",),
-}
+# exists; a row per integration and open notice (one kind, at most 20 notices). Plain rows of the columns the
+# listing shows (ORM objects cost more than the rest of the page), which are also the kept page's key.
+_LISTED = ((ListedIntegration, CrmIntegration), (ListedHealth, BackgroundJob), (ListedNotice, Notice))
 _HEALTH = BackgroundJob.__table__.alias("last_health")
 _OPEN = Notice.__table__.alias("open_notice")
 _LISTING = (
-    select(CrmIntegration, BackgroundJob, Notice)
+    select(*(getattr(entity, name) for shape, entity in _LISTED for name in shape._fields))
     .select_from(Organization)
     # The kinds as "or": an IN list would be written into the SQL on every request (SQLAlchemy's expanding values).
     .outerjoin(CrmIntegration, (CrmIntegration.organization_id == Organization.id)
@@ -73,29 +110,32 @@ _LISTING = (
         .order_by(_OPEN.c.created_at.desc(), _OPEN.c.id.desc()).limit(20)))
     .where(Organization.id == bindparam("organization_id"))
     .order_by(Notice.created_at.desc(), Notice.id.desc())
-    # Only the columns the listing's templates read (another would be loaded when read, at a statement's cost).
-    .options(*(load_only(*(getattr(entity, name) for name in names)) for entity, names in _SHOWN.items()))
 )
+_CUTS = list(accumulate([0, *(len(shape._fields) for shape, _ in _LISTED)]))
 
 
-def _listing() -> tuple[list[CrmIntegration], BackgroundJob | None, list[Notice]]:
+def _listed(row, shape: type[NamedTuple], at: int):
+    """The part of a listing row that is SHAPE (its columns from AT), or None where the outer join found none."""
+    values = row[_CUTS[at]:_CUTS[at + 1]]
+    return None if values[0] is None else shape._make(values)
+
+
+def _listing() -> tuple[list[ListedIntegration], ListedHealth | None, list[ListedNotice]]:
     """The organization's integration of each kind, its last health job and its open notices: one statement.
 
     The first visit makes the missing integrations (``integration_for``) and commits them; later visits write nothing.
     """
-    result = db.session.execute(_LISTING, {"organization_id": current_user.organization_id}).all()
-    found = {integration.kind: integration for integration, _, _ in result if integration is not None}
-    notices = {notice.id: notice for _, _, notice in result if notice is not None}  # in order, once each
-    health = result[0][1] if result else None
-    rows = [found.get(kind) or integration_for(current_user.organization, kind) for kind in catalog.CRM_KINDS]
+    result = db.session.connection().execute(_LISTING, {"organization_id": current_user.organization_id}).all()
+    found = {row.kind: row for row in (_listed(r, ListedIntegration, 0) for r in result) if row is not None}
+    notices = {n.id: n for n in (_listed(r, ListedNotice, 2) for r in result) if n is not None}  # in order, once each
+    health = _listed(result[0], ListedHealth, 1) if result else None
+    made = [kind for kind in catalog.CRM_KINDS if kind not in found]
+    for kind in made:
+        integration = integration_for(current_user.organization, kind)
+        found[kind] = ListedIntegration._make(getattr(integration, name) for name in ListedIntegration._fields)
     if db.session.info.pop("uncommitted_integration", False):
         db.session.commit()
-    return rows, health, list(notices.values())
-
-
-def _shown(row) -> tuple | None:
-    """A row's id and every value of it the listing shows (None for no row)."""
-    return None if row is None else (row.id, *(getattr(row, name) for name in _SHOWN[type(row)]))
+    return [found[kind] for kind in catalog.CRM_KINDS], health, list(notices.values())
 
 
 @bp.route("/crm")
@@ -109,8 +149,7 @@ def crm():
     """
     rows, health, notices = _listing()
     is_supplier = current_user.organization.is_supplier
-    key = (request.script_root, current_app.config["PLATFORM_NAME"], is_supplier, tuple(map(_shown, rows)),
-           _shown(health), tuple(map(_shown, notices)))
+    key = (request.script_root, current_app.config["PLATFORM_NAME"], is_supplier, tuple(rows), health, tuple(notices))
     cache = app_cache("settings.crm")
     pieces = cache.get(key)
     if pieces is None:
