@@ -86,6 +86,21 @@
     elt.setAttribute("data-validated", elt.value);
   });
 
+  // A check that ends without an answer (cut short by the next check or by Append /web, or failed) leaves its value
+  // to be asked again; the value a newer check has marked stays marked.
+  const validating = new WeakMap();
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    const elt = event.detail.elt;
+    if (event.detail.xhr && elt.matches && elt.matches("[data-validate-once]")) validating.set(event.detail.xhr, elt.value);
+  });
+  ["htmx:sendAbort", "htmx:sendError", "htmx:timeout"].forEach(function (name) {
+    document.addEventListener(name, function (event) {
+      const elt = event.detail.elt;
+      const asked = event.detail.xhr ? validating.get(event.detail.xhr) : undefined;
+      if (asked !== undefined && elt.getAttribute("data-validated") === asked) elt.removeAttribute("data-validated");
+    });
+  });
+
   document.addEventListener("htmx:afterSettle", function (event) {
     // A section answered 422 still holds edits that are not saved.
     const xhr = event.detail.xhr;

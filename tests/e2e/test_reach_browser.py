@@ -332,6 +332,108 @@ def test_the_org_url_is_validated_once_per_value(page: Page, stack: LiveStack):
     assert len(posts) == 2, posts
 
 
+# Every request to validate the Organization Web Service URL (the field's and the Append /web button's), with the
+# field's value when it went and how it ended (answered, aborted or failed), and each value the field asked about.
+WATCH_ORG_URL_CHECKS = """() => {
+  window.__checks = [];
+  window.__asked = [];
+  const checks = new WeakMap();
+  document.addEventListener("htmx:confirm", (event) => {
+    if (event.detail.elt.id === "connection-org_url") window.__asked.push(event.detail.elt.value);
+  });
+  document.addEventListener("htmx:beforeSend", (event) => {
+    if (!event.detail.requestConfig.path.includes("/validate/org_url")) return;
+    const check = {by: event.detail.elt.id || "append", value: document.getElementById("connection-org_url").value,
+                   end: null};
+    checks.set(event.detail.xhr, check);
+    window.__checks.push(check);
+  });
+  for (const [name, end] of [["htmx:afterOnLoad", "answered"], ["htmx:sendAbort", "aborted"],
+                             ["htmx:sendError", "failed"]]) {
+    document.addEventListener(name, (event) => {
+      const check = checks.get(event.detail.xhr);
+      if (check) check.end = end;
+    });
+  }
+}"""
+
+ALL_CHECKS_ENDED = "(n) => window.__checks.length >= n && window.__checks.every((c) => c.end)"
+
+
+def test_a_late_answer_for_an_earlier_org_url_is_not_shown(page: Page, stack: LiveStack):
+    held: list = []
+
+    def hold_the_first(route):
+        """The first check waits until the test lets it go, as on a slow server; the others go straight on."""
+        if held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    open_edit(page, stack)
+    page.evaluate(WATCH_ORG_URL_CHECKS)
+    page.route("**/validate/org_url", hold_the_first)
+    org_url = page.locator("#connection").get_by_label("Organization Web Service URL")
+    wrong, right = stack.crm.org_url.removesuffix("/web"), stack.crm.org_url
+    org_url.press_sequentially(wrong)
+    page.wait_for_function("() => window.__checks.length === 1")  # the typing paused: the wrong value is asked
+    org_url.press_sequentially("/web")
+    # The typing paused again: the right value is asked while the wrong one's answer is still on its way.
+    page.wait_for_function("(right) => window.__asked.includes(right)", arg=right)
+    for route in held:
+        route.continue_()
+    page.wait_for_function(ALL_CHECKS_ENDED, arg=1)
+    feedback = page.locator("#org_url-feedback")
+    expect(feedback.locator("[data-problem]")).to_have_count(0)
+    expect(feedback.get_by_role("button", name="Append /web")).to_have_count(0)
+    expect(feedback.locator("[data-ok]")).to_contain_text("The URL looks right.")
+    checks = page.evaluate("() => window.__checks")
+    assert checks[-1] == {"by": "connection-org_url", "value": right, "end": "answered"}, checks
+    assert [c["end"] for c in checks[:-1]] == ["aborted"], checks
+
+
+def test_a_check_cut_short_by_append_web_is_asked_again(page: Page, stack: LiveStack):
+    open_edit(page, stack)
+    page.evaluate(WATCH_ORG_URL_CHECKS)
+    org_url = page.locator("#connection").get_by_label("Organization Web Service URL")
+    wrong = stack.crm.org_url.removesuffix("/web")
+    org_url.press_sequentially(wrong)
+    append = append_web_button(page)
+    expect(append).to_be_visible()
+    held: list = []
+
+    def slow_then_lost(route):
+        """The field's next check waits, as on a slow server; the Append /web press never gets its answer."""
+        if "append_web" in (route.request.post_data or ""):
+            route.abort()
+        elif held:
+            route.continue_()
+        else:
+            held.append(route)
+
+    page.route("**/validate/org_url", slow_then_lost)
+    still_wrong = wrong + "/"
+    org_url.press_sequentially("/")
+    page.wait_for_function("() => window.__checks.length === 2")  # the typing paused: the new value is asked
+    page.keyboard.press("Tab")
+    expect(append).to_be_focused()
+    page.keyboard.press("Enter")  # cuts the field's check short, then finds no answer itself
+    page.wait_for_function(ALL_CHECKS_ENDED, arg=3)
+    checks = page.evaluate("() => window.__checks")
+    assert [(c["by"], c["value"], c["end"]) for c in checks] == [
+        ("connection-org_url", wrong, "answered"), ("connection-org_url", still_wrong, "aborted"),
+        ("append", still_wrong, "failed")], checks
+
+    # Back in the field, a key typed and taken back: the value whose check was cut short is asked again.
+    org_url.press("End")
+    org_url.press("x")
+    org_url.press("Backspace")
+    asked_again = "(value) => window.__checks.slice(3).some((c) => c.value === value && c.end === 'answered')"
+    page.wait_for_function(asked_again, arg=still_wrong)
+    expect(org_url).to_have_value(still_wrong)
+    expect(page.locator("#org_url-feedback [data-problem]")).to_contain_text("must end with /web")
+
+
 def test_connection_test_polls_leave_focus_alone(page: Page, stack: LiveStack):
     stack.reset(connected=True)
     stack.crm.set_faults(latency_ms=150)  # a slow CRM: several polls while the steps come in
