@@ -473,10 +473,16 @@ def test_throttle_halves_and_recovers() -> None:
     assert throttle.limit == 5
 
 
-def test_throttle_halves_once_for_the_429s_of_one_burst(monkeypatch) -> None:  # noqa: ANN001
+@pytest.fixture
+def now(monkeypatch) -> list[float]:  # noqa: ANN001
+    """The connector's clock, at 100 s until a test moves it (now[0] = …)."""
+    clock = [100.0]
+    monkeypatch.setattr(webapi, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    return clock
+
+
+def test_throttle_halves_once_for_the_429s_of_one_burst(now) -> None:  # noqa: ANN001
     """Every request in flight refused together (one Retry-After) lowers the limit once; a later 429 halves again."""
-    now = [100.0]
-    monkeypatch.setattr(webapi, "time", SimpleNamespace(monotonic=lambda: now[0]))
     throttle = Throttle(8)
     for _ in range(8):
         throttle.throttled(2.0)
@@ -493,10 +499,8 @@ def test_throttle_halves_once_for_the_429s_of_one_burst(monkeypatch) -> None:  #
     assert throttle.limit == 1
 
 
-def test_throttle_without_retry_after_takes_a_short_window_as_one_burst(monkeypatch) -> None:  # noqa: ANN001
+def test_throttle_without_retry_after_takes_a_short_window_as_one_burst(now) -> None:  # noqa: ANN001
     """429s that ask for no wait are one burst for a second: the limit halves once, and nobody is held back."""
-    now = [100.0]
-    monkeypatch.setattr(webapi, "time", SimpleNamespace(monotonic=lambda: now[0]))
     throttle = Throttle(8)
     for _ in range(4):
         throttle.throttled(0.0)
