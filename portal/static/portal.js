@@ -86,19 +86,20 @@
     elt.setAttribute("data-validated", elt.value);
   });
 
-  // A check that ends without an answer (cut short by the next check or by Append /web, or failed) leaves its value
-  // to be asked again; the value a newer check has marked stays marked.
+  // A check that ends without an answer shown (cut short by the next check or by Append /web, failed, timed out, or
+  // answered with an error, which is not swapped in) leaves its value to be asked again; the value a newer check
+  // has marked stays marked. Only an answer htmx counts as successful settles a value.
   const validating = new WeakMap();
   document.addEventListener("htmx:beforeRequest", function (event) {
     const elt = event.detail.elt;
     if (event.detail.xhr && elt.matches && elt.matches("[data-validate-once]")) validating.set(event.detail.xhr, elt.value);
   });
-  ["htmx:sendAbort", "htmx:sendError", "htmx:timeout"].forEach(function (name) {
-    document.addEventListener(name, function (event) {
-      const elt = event.detail.elt;
-      const asked = event.detail.xhr ? validating.get(event.detail.xhr) : undefined;
-      if (asked !== undefined && elt.getAttribute("data-validated") === asked) elt.removeAttribute("data-validated");
-    });
+  document.addEventListener("htmx:afterRequest", function (event) {
+    const elt = event.detail.elt;
+    const asked = event.detail.xhr ? validating.get(event.detail.xhr) : undefined;
+    if (asked !== undefined && event.detail.successful !== true && elt.getAttribute("data-validated") === asked) {
+      elt.removeAttribute("data-validated");
+    }
   });
 
   document.addEventListener("htmx:afterSettle", function (event) {

@@ -434,6 +434,35 @@ def test_a_check_cut_short_by_append_web_is_asked_again(page: Page, stack: LiveS
     expect(page.locator("#org_url-feedback [data-problem]")).to_contain_text("must end with /web")
 
 
+def test_a_check_answered_with_an_error_is_asked_again(page: Page, stack: LiveStack):
+    failed: list = []
+
+    def fail_the_first(route):
+        """The first check meets a server error, whose answer is not shown; the others go straight on."""
+        if failed:
+            route.continue_()
+        else:
+            failed.append(route.request.url)
+            route.fulfill(status=500, body="Internal Server Error")
+
+    open_edit(page, stack)
+    page.evaluate(WATCH_ORG_URL_CHECKS)
+    page.route("**/validate/org_url", fail_the_first)
+    org_url = page.locator("#connection").get_by_label("Organization Web Service URL")
+    wrong = stack.crm.org_url.removesuffix("/web")
+    org_url.press_sequentially(wrong)
+    page.wait_for_function(ALL_CHECKS_ENDED, arg=1)
+    assert failed, "the first check did not meet the error"
+    expect(page.locator("#org_url-feedback [data-problem]")).to_have_count(0)  # the error's answer is not shown
+    # A key typed and taken back: the value whose check met the error is asked again, and its answer shown.
+    org_url.press("End")
+    org_url.press("x")
+    org_url.press("Backspace")
+    asked_again = "(value) => window.__checks.slice(1).some((c) => c.value === value && c.end === 'answered')"
+    page.wait_for_function(asked_again, arg=wrong)
+    expect(page.locator("#org_url-feedback [data-problem]")).to_contain_text("must end with /web")
+
+
 def test_connection_test_polls_leave_focus_alone(page: Page, stack: LiveStack):
     stack.reset(connected=True)
     stack.crm.set_faults(latency_ms=150)  # a slow CRM: several polls while the steps come in
