@@ -59,3 +59,26 @@ def test_upgrade_downgrade_and_no_drift(empty_app):
             from alembic.runtime.migration import MigrationContext
 
             assert MigrationContext.configure(conn).get_current_revision() == head
+
+
+@pytest.mark.parametrize("empty_app", ["postgresql"], indirect=True)  # only PostgreSQL builds an index concurrently
+def test_an_index_whose_concurrent_build_was_cut_short_is_built_again(empty_app):
+    """CREATE INDEX CONCURRENTLY cut short leaves an invalid index under the migration's name, and the migration not
+    done: run again, it builds the index anew instead of taking the invalid one as built."""
+    from sqlalchemy import text
+
+    indexes = (("b7e4a91c2d05", "c3d81f0a9e27", "ix_sync_runs_integration_newest", "sync_runs (integration_id, id)"),
+               ("c3d81f0a9e27", "d2f6a83c51b4", "ix_partner_suppliers_supplier",
+                "partner_suppliers (supplier_id, partner_id)"))
+    valid = text("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass(:name)")
+    with empty_app.app_context():
+        for before, migration, name, columns in indexes:
+            upgrade(revision=before)
+            with db.engine.begin() as conn:  # what an interrupted build leaves behind
+                conn.execute(text(f"CREATE INDEX {name} ON {columns}"))
+                conn.execute(text("UPDATE pg_index SET indisvalid = false WHERE indexrelid = to_regclass(:name)"),
+                             {"name": name})
+                assert conn.execute(valid, {"name": name}).scalar() is False
+            upgrade(revision=migration)
+            with db.engine.connect() as conn:
+                assert conn.execute(valid, {"name": name}).scalar() is True, name
