@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 from urllib.parse import quote
 
 import pytest
@@ -473,44 +472,33 @@ def test_throttle_halves_and_recovers() -> None:
     assert throttle.limit == 5
 
 
-@pytest.fixture
-def now(monkeypatch) -> list[float]:  # noqa: ANN001
-    """The connector's clock, at 100 s until a test moves it (now[0] = …)."""
-    clock = [100.0]
-    monkeypatch.setattr(webapi, "time", SimpleNamespace(monotonic=lambda: clock[0]))
-    return clock
-
-
-def test_throttle_halves_once_for_the_429s_of_one_burst(now) -> None:  # noqa: ANN001
-    """Every request in flight refused together (one Retry-After) lowers the limit once; a later 429 halves again."""
+def test_throttle_halves_once_for_the_429s_of_one_burst() -> None:
+    """Every request in flight refused together lowers the limit once; a request sent under the lowered limit and
+    refused halves it again."""
     throttle = Throttle(8)
-    for _ in range(8):
-        throttle.throttled(2.0)
+    sent = [throttle.acquire() for _ in range(8)]  # eight requests in flight under the limit of 8
+    for generation in sent:
+        throttle.release(ok=False)
+        throttle.throttled(2.0, generation)
     assert throttle.limit == 4  # once for the burst, not 8 → 4 → 2 → 1
-    assert throttle.events == 8 and throttle.waited == 16.0 and throttle.not_before == 102.0
-    now[0] = 101.5
-    throttle.throttled(2.0)  # still within the halving's window: the same burst
-    assert throttle.limit == 4 and throttle.not_before == 103.5 and throttle.events == 9
-    now[0] = 102.5
-    throttle.throttled(2.0)  # the window runs from the halving: 429s that go on halve once a window
-    assert throttle.limit == 2 and throttle.not_before == 104.5 and throttle.events == 10
-    now[0] = 105.0
-    throttle.throttled(2.0)
-    assert throttle.limit == 1
+    assert throttle.events == 8 and throttle.waited == 16.0
+    throttle.not_before = 0.0  # the wait asked for is over
+    again = [throttle.acquire() for _ in range(4)]  # sent under the limit of 4
+    throttle.release(ok=False)
+    throttle.throttled(0.0, again[0])
+    assert throttle.limit == 2  # the lowered limit was still too high
+    for generation in again[1:]:  # refused with it, under the same limit: no further halving
+        throttle.release(ok=False)
+        throttle.throttled(0.0, generation)
+    assert throttle.limit == 2 and throttle.events == 12
 
 
-def test_throttle_without_retry_after_takes_a_short_window_as_one_burst(now) -> None:  # noqa: ANN001
-    """429s that ask for no wait are one burst for a second: the limit halves once, and nobody is held back."""
+def test_a_429_without_its_request_s_generation_halves_the_limit_now() -> None:
+    """A 429 whose request's generation is not known (None) halves, as one for a request sent under the limit now."""
     throttle = Throttle(8)
-    for _ in range(4):
-        throttle.throttled(0.0)
-    assert throttle.limit == 4 and throttle.not_before == 100.0 and throttle.waited == 0.0
-    now[0] = 100.0 + webapi.BURST_SECONDS / 2
     throttle.throttled(0.0)
-    assert throttle.limit == 4
-    now[0] = 100.0 + webapi.BURST_SECONDS
     throttle.throttled(0.0)
-    assert throttle.limit == 2 and throttle.events == 6
+    assert throttle.limit == 2 and throttle.generation == 2
 
 
 def test_record_body_binds_lookups_and_converts_values() -> None:

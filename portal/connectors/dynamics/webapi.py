@@ -64,9 +64,6 @@ MAX_URL_LENGTH = 32 * 1024
 MAX_BATCH_URL_LENGTH = 64 * 1024
 PAGING_ROOM = 2048  # what page, count and the paging cookie of a later page may add to a query's URL
 MAX_THROTTLE_WAITS = 8  # 429s met by one request before it is handed back as Server Busy
-# 429s within this many seconds of a halving (or within its Retry-After, if longer) are one burst: the limit
-# halves once for all the requests refused together, as the limit shared by every worker does.
-BURST_SECONDS = 1.0
 
 # Entity set names of the entities the sync uses; any other is read from the metadata once.
 ENTITY_SETS = {
@@ -113,9 +110,10 @@ class QueryTooLongError(FaultError):
 class Throttle:
     """Requests in flight to one environment: a limit that halves once per burst of 429s and climbs after successes.
 
-    A halving holds off the next one for the Retry-After it was given (at least ``BURST_SECONDS``): the other
-    requests refused in the same burst wait as asked but do not halve the limit again. It never goes above the
-    configured limit, nor above the degree of parallelism the service recommends.
+    A burst is the requests sent under one limit: each request goes with the limit's generation (the halvings so
+    far), and only a 429 for a request sent under the limit now halves it. The other requests refused with it wait
+    as asked but do not halve it again; a request refused after a halving, sent under the lowered limit, halves it
+    once more. It never goes above the configured limit, nor above the degree of parallelism the service recommends.
     """
 
     def __init__(self, limit: int) -> None:
@@ -126,12 +124,12 @@ class Throttle:
         self.not_before = 0.0
         self.events = 0
         self.waited = 0.0
-        self._quiet_until = 0.0  # the end of the last halving's burst
+        self.generation = 0  # the halvings so far: the limit a request was sent under
         self._good = 0
         self._cond = threading.Condition()
 
-    def acquire(self) -> None:
-        """Wait for a free slot and for the end of any wait the service asked for."""
+    def acquire(self) -> int:
+        """Wait for a free slot and for the end of any wait the service asked for; the limit's generation."""
         with self._cond:
             while True:
                 now = time.monotonic()
@@ -140,7 +138,7 @@ class Throttle:
                     continue
                 if self.in_flight < self.limit:
                     self.in_flight += 1
-                    return
+                    return self.generation
                 self._cond.wait(1.0)
 
     def release(self, ok: bool = True) -> None:
@@ -163,17 +161,16 @@ class Throttle:
                 self.limit = min(self.limit, top)
                 self._cond.notify_all()
 
-    def throttled(self, retry_after: float) -> None:
-        """The service said 429: nobody sends before Retry-After is over, and fewer go at once (halved once a burst)."""
+    def throttled(self, retry_after: float, generation: int | None = None) -> None:
+        """The service said 429 to a request sent under GENERATION (``acquire``'s; None: the limit now): nobody
+        sends before Retry-After is over, and the limit halves if the request was sent under the limit now."""
         with self._cond:
-            now = time.monotonic()
             self.events += 1
             self.waited += retry_after
-            self.not_before = max(self.not_before, now + retry_after)
-            # The window runs from the halving, not from the latest 429: 429s that keep coming halve once a window.
-            if now >= self._quiet_until:
+            self.not_before = max(self.not_before, time.monotonic() + retry_after)
+            if generation is None or generation == self.generation:
                 self.limit = max(1, self.limit // 2)
-                self._quiet_until = now + max(BURST_SECONDS, retry_after)
+                self.generation += 1
             self._good = 0
             self._cond.notify_all()
 
@@ -487,9 +484,14 @@ class WebApiService:
 
     def _send(self, method: str, url: str, headers: Mapping[str, str], data: bytes | None = None) -> HttpResponse:
         """One request through the throttle; 429s wait as asked (and lower the parallelism), then go again."""
+        return self._send_counted(method, url, headers, data)[0]
+
+    def _send_counted(self, method: str, url: str, headers: Mapping[str, str], data: bytes | None = None
+                      ) -> tuple[HttpResponse, int]:
+        """As ``_send``, with the throttle's generation the answered request went under (see Throttle)."""
         waits = 0
         while True:
-            self.throttle.acquire()
+            generation = self.throttle.acquire()
             ok = False
             try:
                 resp = self.transport.request(method, url, headers=headers, data=data)
@@ -500,11 +502,11 @@ class WebApiService:
             if hint is not None:
                 self.throttle.recommend(hint)
             if resp.status != 429:
-                return resp
+                return resp, generation
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             waits += 1
             log.info("throttled by %s: waiting %.1fs (%d)", self.config.root, retry_after, waits)
-            self.throttle.throttled(retry_after)
+            self.throttle.throttled(retry_after, generation)
             if waits >= MAX_THROTTLE_WAITS:
                 raise error_from_json(429, _json_or_none(resp), resp.text())
 
@@ -572,7 +574,7 @@ class WebApiService:
         if length <= MAX_URL_LENGTH:
             body = self._json("GET", path, headers=prefer)
         else:
-            part = self._batch([("GET", path, None)])[0]
+            part = self._batch([("GET", path, None)])[0][0]
             if part.status >= 400:
                 raise error_from_json(part.status, part.json(), part.body.decode("utf-8", "replace"))
             body = part.json()
@@ -617,15 +619,17 @@ class WebApiService:
 
     # -- $batch
 
-    def _batch(self, operations: Sequence[tuple[str, str, dict[str, Any] | None]]) -> list[BatchPart]:
+    def _batch(self, operations: Sequence[tuple[str, str, dict[str, Any] | None]]) -> tuple[list[BatchPart], int]:
+        """The operations in one $batch: their answers, and the throttle's generation the batch went under."""
         boundary = f"batch_{uuid.uuid4()}"
         headers = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0",
                    "Content-Type": f"multipart/mixed; boundary={boundary}",
                    "Prefer": "odata.continue-on-error"}
-        resp = self._send("POST", self.base + "$batch", headers, batch_body(boundary, self.base_path, operations))
+        resp, generation = self._send_counted("POST", self.base + "$batch", headers,
+                                              batch_body(boundary, self.base_path, operations))
         if resp.status >= 400:
             raise error_from_json(resp.status, _json_or_none(resp), resp.text())
-        return parse_batch(resp.headers.get("Content-Type") or "", resp.content)
+        return parse_batch(resp.headers.get("Content-Type") or "", resp.content), generation
 
     def _operation(self, req: BatchRequest) -> tuple[str, str, dict[str, Any]]:
         if isinstance(req, CreateRequest):
@@ -650,7 +654,7 @@ class WebApiService:
         todo = list(range(len(requests)))
         waits = 0
         while todo:
-            parts = self._batch([self._operation(requests[i]) for i in todo])
+            parts, generation = self._batch([self._operation(requests[i]) for i in todo])
             again: list[int] = []
             retry_after = 0.0
             for position, index in enumerate(todo):
@@ -666,7 +670,7 @@ class WebApiService:
                 results[index] = self._item_result(index, requests[index], part)
             if again:
                 waits += 1
-                self.throttle.throttled(retry_after)
+                self.throttle.throttled(retry_after, generation)
                 self.transport.throttled(retry_after)  # and the portal's limit of every worker, through the gate
                 if waits >= MAX_THROTTLE_WAITS:
                     error = ThrottledError("Dynamics 365 kept refusing these records for its service protection "
