@@ -460,7 +460,7 @@ def test_throttle_keeps_to_the_recommended_parallelism() -> None:
 
 def test_throttle_halves_and_recovers() -> None:
     throttle = Throttle(8)
-    throttle.throttled(0.05)
+    throttle.throttled(0.05, throttle.generation)
     assert throttle.limit == 4
     started = time.monotonic()
     throttle.acquire()
@@ -493,12 +493,21 @@ def test_throttle_halves_once_for_the_429s_of_one_burst() -> None:
     assert throttle.limit == 2 and throttle.events == 12
 
 
-def test_a_429_without_its_request_s_generation_halves_the_limit_now() -> None:
-    """A 429 whose request's generation is not known (None) halves, as one for a request sent under the limit now."""
+def test_a_limit_lowered_by_the_recommended_parallelism_is_not_halved_by_the_429s_sent_above_it() -> None:
+    """Requests sent under 8 and refused, after the service recommended 4: the recommendation already lowered the
+    limit for them, so their 429s leave it at 4; one sent under 4 and refused halves it."""
     throttle = Throttle(8)
-    throttle.throttled(0.0)
-    throttle.throttled(0.0)
-    assert throttle.limit == 2 and throttle.generation == 2
+    sent = [throttle.acquire() for _ in range(8)]
+    throttle.recommend(4)
+    assert throttle.limit == 4
+    for generation in sent:
+        throttle.release(ok=False)
+        throttle.throttled(0.0, generation)
+    assert throttle.limit == 4
+    below = throttle.acquire()
+    throttle.release(ok=False)
+    throttle.throttled(0.0, below)
+    assert throttle.limit == 2
 
 
 def test_record_body_binds_lookups_and_converts_values() -> None:

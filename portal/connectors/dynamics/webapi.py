@@ -124,7 +124,7 @@ class Throttle:
         self.not_before = 0.0
         self.events = 0
         self.waited = 0.0
-        self.generation = 0  # the halvings so far: the limit a request was sent under
+        self.generation = 0  # the lowerings so far (429s, the recommended parallelism): the limit a request went under
         self._good = 0
         self._cond = threading.Condition()
 
@@ -158,17 +158,19 @@ class Throttle:
             top = max(1, min(self.configured, hint))
             if top != self.max_limit:
                 self.max_limit = top
-                self.limit = min(self.limit, top)
+                if top < self.limit:  # lowered: a 429 for a request sent under the higher limit halves it no more
+                    self.limit = top
+                    self.generation += 1
                 self._cond.notify_all()
 
-    def throttled(self, retry_after: float, generation: int | None = None) -> None:
-        """The service said 429 to a request sent under GENERATION (``acquire``'s; None: the limit now): nobody
-        sends before Retry-After is over, and the limit halves if the request was sent under the limit now."""
+    def throttled(self, retry_after: float, generation: int) -> None:
+        """The service said 429 to a request sent under GENERATION (``acquire``'s): nobody sends before Retry-After
+        is over, and the limit halves if the request was sent under the limit now."""
         with self._cond:
             self.events += 1
             self.waited += retry_after
             self.not_before = max(self.not_before, time.monotonic() + retry_after)
-            if generation is None or generation == self.generation:
+            if generation == self.generation:
                 self.limit = max(1, self.limit // 2)
                 self.generation += 1
             self._good = 0
@@ -678,9 +680,9 @@ class WebApiService:
                     for index in again:
                         results[index] = BatchItemResult(index, False, error=error)
                     break
-                # Wait here too: a lane alone must not send again before Retry-After is over.
+                # Wait here too: a lane alone must not send again before Retry-After is over (not a success).
                 self.throttle.acquire()
-                self.throttle.release()
+                self.throttle.release(ok=False)
             todo = again
         return [results[i] for i in range(len(requests))]
 
