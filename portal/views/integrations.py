@@ -149,8 +149,9 @@ _SUPPLIER = aliased(Organization)
 # only the signed-in organization's, and its last connection test; a secret only as saved or not), whether that
 # test is queued and since when (a test no worker took is drawn as stuck), and the partner's suppliers, one row
 # each in the order of Organization.suppliers. A few texts cost the driver far less than sixty columns.
+_SAVED_TEXTS = [*_texts(_INTEGRATION_VALUES), *_texts(_TEST_VALUES)]
 _SAVED = (
-    select(*_texts(_INTEGRATION_VALUES), *_texts(_TEST_VALUES),
+    select(*_SAVED_TEXTS,
            BackgroundJob.status.label("test_status"), BackgroundJob.created_at.label("test_created_at"),
            _SUPPLIER.id.label("choice_id"), _SUPPLIER.name.label("choice_name"))
     .select_from(CrmIntegration)
@@ -160,7 +161,6 @@ _SAVED = (
     .where(*OWN_INTEGRATION)
     .order_by(_SUPPLIER.name)
 )
-_TEXTS = len(_texts(_INTEGRATION_VALUES)) + len(_texts(_TEST_VALUES))
 
 
 class _Saved(NamedTuple):
@@ -183,7 +183,8 @@ def _saved_key(integration_id: int) -> _Saved:
     stuck = first.test_status is not None and jobs_state.is_stuck_in_queue(
         SimpleNamespace(status=first.test_status, created_at=first.test_created_at))
     suppliers = tuple((row.choice_id, row.choice_name) for row in rows if row.choice_id is not None)
-    return _Saved(request.script_root, current_app.config["PLATFORM_NAME"], tuple(first[:_TEXTS]), suppliers, stuck)
+    texts = tuple(first[:len(_SAVED_TEXTS)])
+    return _Saved(request.script_root, current_app.config["PLATFORM_NAME"], texts, suppliers, stuck)
 
 
 def _draw_sections(integration_id: int, key: _Saved) -> tuple[str, tuple[str, ...], bool]:

@@ -114,10 +114,11 @@ _LISTING = (
 _CUTS = list(accumulate([0, *(len(shape._fields) for shape, _ in _LISTED)]))
 
 
-def _listed(row, shape: type[NamedTuple], at: int):
-    """The part of a listing row that is SHAPE (its columns from AT), or None where the outer join found none."""
+def _listed(row, at: int):
+    """The AT-th part of a listing row (_LISTED: an integration, the health check, a notice) as its named tuple, or
+    None where the outer join found none."""
     values = row[_CUTS[at]:_CUTS[at + 1]]
-    return None if values[0] is None else shape._make(values)
+    return None if values[0] is None else _LISTED[at][0]._make(values)
 
 
 def _listing() -> tuple[list[ListedIntegration], ListedHealth | None, list[ListedNotice]]:
@@ -126,13 +127,13 @@ def _listing() -> tuple[list[ListedIntegration], ListedHealth | None, list[Liste
     The first visit makes the missing integrations (``integration_for``) and commits them; later visits write nothing.
     """
     result = db.session.connection().execute(_LISTING, {"organization_id": current_user.organization_id}).all()
-    found = {row.kind: row for row in (_listed(r, ListedIntegration, 0) for r in result) if row is not None}
-    notices = {n.id: n for n in (_listed(r, ListedNotice, 2) for r in result) if n is not None}  # in order, once each
-    health = _listed(result[0], ListedHealth, 1) if result else None
-    made = [kind for kind in catalog.CRM_KINDS if kind not in found]
-    for kind in made:
-        integration = integration_for(current_user.organization, kind)
-        found[kind] = ListedIntegration._make(getattr(integration, name) for name in ListedIntegration._fields)
+    found = {row.kind: row for row in (_listed(r, 0) for r in result) if row is not None}
+    notices = {n.id: n for n in (_listed(r, 2) for r in result) if n is not None}  # in order, once each
+    health = _listed(result[0], 1) if result else None
+    for kind in catalog.CRM_KINDS:
+        if kind not in found:
+            integration = integration_for(current_user.organization, kind)
+            found[kind] = ListedIntegration._make(getattr(integration, name) for name in ListedIntegration._fields)
     if db.session.info.pop("uncommitted_integration", False):
         db.session.commit()
     return [found[kind] for kind in catalog.CRM_KINDS], health, list(notices.values())
