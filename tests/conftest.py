@@ -119,6 +119,20 @@ def csrf_from(html: str) -> str:
     return match.group(1) or match.group(2)
 
 
+TOKEN_VALUE_RE = re.compile(r'(name="[\w-]*csrf_token"[^>]*value=")([^"]+)(")|("X-CSRFToken": ")([^"]+)(")')
+
+
+def tokens(html: str) -> set[str]:
+    """Every CSRF token in a page."""
+    return {m.group(2) or m.group(5) for m in TOKEN_VALUE_RE.finditer(html)}
+
+
+def without_tokens(html: str) -> str:
+    """The page with its CSRF tokens written as TOKEN: a token is signed with the second it was made, so two answers
+    a second apart differ there alone."""
+    return TOKEN_VALUE_RE.sub(lambda m: (m.group(1) or m.group(4)) + "TOKEN" + (m.group(3) or m.group(6)), html)
+
+
 @dataclass
 class Factory:
     """Small helpers that make test data and return ids."""

@@ -13,7 +13,8 @@ WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
 # Runs in every page the context opens: a scan after each load and after each htmx swap settles
 # (one at a time, the latest state wins), each reported back to Python through a binding.
 SCANNER = """(() => {
-  if (window.top !== window || window.__axeScan) return;
+  // Only the portal's pages: a test that fails before it opens one leaves about:blank, which is no page of ours.
+  if (window.top !== window || window.__axeScan || !location.protocol.startsWith("http")) return;
   let running = null, again = false, timer = null;
   const options = {resultTypes: ["violations"], runOnly: {type: "tag", values: %(tags)s}};
   async function scan() {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 
 import pytest
@@ -14,25 +13,14 @@ from portal.crypto import encrypt
 from portal.extensions import db
 from portal.models import BackgroundJob, CrmIntegration, JobStatus, Organization
 
-from ..conftest import Auth, count_statements
+from ..conftest import Auth, count_statements, tokens, without_tokens
 
 HOSTILE = 'say "hi" & <b>bye</b> \'single\''
-TOKEN_VALUE_RE = re.compile(r'(name="[\w-]*csrf_token"[^>]*value=")([^"]+)(")|("X-CSRFToken": ")([^"]+)(")')
 WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)  # long enough ago for a queued test to be stuck
 
 
 def edit_path(integration_id: int) -> str:
     return f"/settings/crm/{integration_id}/edit"
-
-
-def tokens(html: str) -> set[str]:
-    """Every CSRF token in a page."""
-    return {m.group(2) or m.group(5) for m in TOKEN_VALUE_RE.finditer(html)}
-
-
-def without_tokens(html: str) -> str:
-    """The page with its CSRF tokens blanked (a token is signed with the time it was made)."""
-    return TOKEN_VALUE_RE.sub(lambda m: (m.group(1) or m.group(4)) + "TOKEN" + (m.group(3) or m.group(6)), html)
 
 
 def add_test(integration_id: int, status: JobStatus, *, created_at=WHEN, steps=(), message: str = "",

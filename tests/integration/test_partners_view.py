@@ -7,6 +7,8 @@ import re
 from portal.extensions import db
 from portal.models import CrmIntegration, Notice
 
+from ..conftest import without_tokens
+
 
 def test_supplier_sees_state_of_its_partners_only(app, factory, auth, client):
     factory.org("Acme Supplier", "supplier")
@@ -96,7 +98,7 @@ def test_a_kept_page_of_partners_shows_a_change_at_once(app, factory, auth, clie
            for name in ("Alpha", "Beta")}
     auth.login("boss@keeping.example")
     first = client.get("/settings/partners").text
-    assert client.get("/settings/partners").text == first and "error: 1" not in first
+    assert without_tokens(client.get("/settings/partners").text) == without_tokens(first) and "error: 1" not in first
     with app.app_context():
         db.session.get(CrmIntegration, ids["Beta"]).set_error("auth_failed", "x", "y")
         db.session.commit()
@@ -115,7 +117,8 @@ def test_a_kept_page_shows_new_counts_when_only_partners_on_other_pages_changed(
     off = factory.integration(factory.org("Off Partner", "partner", ("Counting Supplier",)), enabled=False)
     auth.login("boss@counting.example")
     first = client.get("/settings/partners?state=on").text
-    assert client.get("/settings/partners?state=on").text == first and ">Error: 0</a>" in first
+    assert without_tokens(client.get("/settings/partners?state=on").text) == without_tokens(first)
+    assert ">Error: 0</a>" in first
     with app.app_context():
         db.session.get(CrmIntegration, off).set_error("auth_failed", "x", "y")
         db.session.commit()

@@ -29,23 +29,13 @@ from portal.models import (
 )
 from portal.views import settings
 
-from ..conftest import count_statements, session_time_zone
+from ..conftest import count_statements, session_time_zone, tokens, without_tokens
 
 BEFORE = Path(__file__).resolve().parents[1] / "fixtures" / "markup"
 TEMPLATES = {"settings/crm.html": "crm_before.html", "settings/_crm_row.html": "crm_row_before.html",
              "settings/_health.html": "health_before.html", "settings/partners.html": "partners_before.html"}
 HOSTILE = 'say "hi" & <b>bye</b> \'single\''
-TOKEN = re.compile(r'(name="csrf_token" type="hidden" value="|"X-CSRFToken": "|name="csrf_token" value=")[^"]*"')
 MOMENT = datetime(2026, 11, 30, 9, 5, 7, tzinfo=UTC)
-
-
-def _tokens(html: str) -> set[str]:
-    return {m.group(0).rsplit('"', 2)[1] for m in TOKEN.finditer(html)}
-
-
-def _without_tokens(html: str) -> str:
-    """The page with its CSRF token (per session and time) written as TOKEN."""
-    return TOKEN.sub(r'\1TOKEN"', html)
 
 
 def _drawn_before(app, email: str, path: str, template: str, context) -> str:
@@ -76,9 +66,9 @@ def _listing_before() -> dict:
 def _same_as_before(app, client, email: str, path: str, template: str, context) -> str:
     page = client.get(path)
     assert page.status_code == 200
-    assert len(_tokens(page.text)) == 1, "one token, the session's, in every form"
+    assert len(tokens(page.text)) == 1, "one token, the session's, in every form"
     before = _drawn_before(app, email, path, template, context)
-    assert _without_tokens(page.text) == _without_tokens(before)
+    assert without_tokens(page.text) == without_tokens(before)
     return page.text
 
 
