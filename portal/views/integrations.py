@@ -409,8 +409,29 @@ def validate_field(integration_id: int, field: str):
             from ..connection import guard_problem
 
             problem = guard_problem(value)
+    sent_back = _appended_field(integration.id, value) if appended else None
     return render_template("integrations/_url_feedback.html", field=field, value=value, problem=problem,
-                           missing_web=missing_web, appended=appended, row=integration)
+                           missing_web=missing_web, appended=appended, sent_back=sent_back, row=integration)
+
+
+def url_check_attrs(integration_id: int, field: str) -> dict[str, str]:
+    """A URL field's inline check: asked as the user types or leaves it, once per value; a new check cuts short the
+    one still on its way (hx-sync replace), so an answer for an earlier value never lands under a later one."""
+    return {"hx-post": url_for("integrations.validate_field", integration_id=integration_id, field=field),
+            "hx-trigger": "keyup changed delay:500ms, change", "hx-sync": "this:replace", "data-validate-once": "",
+            "hx-target": f"#{field}-feedback", "hx-swap": "outerHTML"}
+
+
+bp.add_app_template_global(url_check_attrs)
+
+
+def _appended_field(integration_id: int, value: str) -> Markup:
+    """The Organization URL field with /web appended, drawn as the page's own (its limits and its check), already
+    answered for its new value and taking the focus: the button that was pressed is gone."""
+    form = ConnectionForm(formdata=None, prefix="connection", data={"org_url": value})
+    return form.org_url(**url_check_attrs(integration_id, "org_url"),
+                        **{"hx-swap-oob": "true", "data-validated": value, "data-focus": "",
+                           "aria-describedby": "connection-org_url-help"})
 
 
 @bp.route("/<int:integration_id>/usage", methods=["POST"])

@@ -163,7 +163,7 @@ class LiveStack:
             org_id = db.session.get(CrmIntegration, self.integration_id).organization_id
             db.session.remove()
         configure(self.app, self.integration_id, marketing_automation=True, ma_sync_leads=True, ma_score_threshold=50)
-        self.failed_leads = make_leads(self.app, org_id, leads, prefix=f"refused{self.integration_id}-{uuid.uuid4().hex}-")
+        self.failed_leads = make_leads(self.app, org_id, leads, prefix=f"refused-{uuid.uuid4().hex}-")
         self.crm.set_faults(missing_privilege="prvCreateLead")
         try:
             run = run_steps(self.app, self.integration_id, ["push_marketing_leads"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,36 @@ def test_inline_url_feedback_offers_to_append_web(partner_admin, client, auth):
     resp = client.post(f"/settings/crm/{iid}/validate/odata_url",
                        data={"connection-odata_url": "gopher://127.0.0.1/"}, headers=headers)
     assert "must start with http://" in resp.text
+
+
+def _input_attributes(html: str, input_id: str) -> dict[str, str | None]:
+    """The attributes of the page's input of that id."""
+    found: list[dict] = []
+
+    class Inputs(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            if tag == "input" and dict(attrs).get("id") == input_id:
+                found.append({name: value or "" for name, value in attrs})
+
+    Inputs().feed(html)
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_the_field_sent_back_by_append_web_is_the_page_s_field(partner_admin, client, auth):
+    """After Append /web the field is swapped for one with its new value: it keeps every limit and check of the
+    page's own (its maxlength among them), so nothing longer can be typed in it than in the field it replaced."""
+    iid = partner_admin["integration_id"]
+    page = client.get(f"/settings/crm/{iid}/edit").text
+    headers = {"HX-Request": "true", "X-CSRFToken": auth.token(f"/settings/crm/{iid}/edit")}
+    resp = client.post(f"/settings/crm/{iid}/validate/org_url",
+                       data={"connection-org_url": WEB[:-4], "append_web": "1"}, headers=headers)
+    drawn = _input_attributes(page, "connection-org_url")
+    sent = _input_attributes(resp.text, "connection-org_url")
+    assert sent.pop("value") == WEB and sent.pop("hx-swap-oob") == "true" and sent.pop("data-validated") == WEB
+    assert sent.pop("data-focus") == ""
+    drawn.pop("value", None)
+    assert drawn["maxlength"] == "500" and sent == drawn
 
 
 def test_saving_changed_connection_switches_off_until_tested(partner_admin, client, auth, app):
