@@ -20,15 +20,19 @@ def env_str(name: str, default: str = "") -> str:
     return value or default
 
 
-def env_int(name: str, default: int) -> int:
-    """Return an environment variable as an integer, refusing garbage with a clear message."""
+def env_int(name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:
+    """Return an environment variable as an integer, refusing garbage, or a number outside low to high, with a clear
+    message."""
     raw = env_str(name)
     if not raw:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError as exc:
         raise RuntimeError(f"{name} must be a whole number, not {raw!r}") from exc
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise RuntimeError(f"{name} must be from {low} to {high}, not {raw!r}")
+    return value
 
 
 def env_float(name: str, default: float) -> float:
@@ -108,7 +112,8 @@ def load_config(overrides: dict | None = None) -> dict:
         "RENDERED_CACHE_BYTES": env_int("RENDERED_CACHE_BYTES", 16_000_000),
         # Request bodies (forms and the JSON API) are small; refuse anything larger than this.
         "MAX_CONTENT_LENGTH": env_int("MAX_CONTENT_LENGTH", 5 * 1024 * 1024),
-        "SYNC_PARALLEL_BATCHES": env_int("SYNC_PARALLEL_BATCHES", 2),
+        # At most 52: Dataverse's service protection refuses a user's 53rd request in flight (429).
+        "SYNC_PARALLEL_BATCHES": env_int("SYNC_PARALLEL_BATCHES", 2, low=1, high=52),
         "SYNC_LOCK_SECONDS": env_int("SYNC_LOCK_SECONDS", 90),
         # A batch of n records may take SYNC_BATCH_BASE_SECONDS + n * SYNC_BATCH_RECORD_SECONDS (plug-ins and
         # workflows on the server make large batches slow): 60 s + 0.3 s per record, 6 minutes for 1,000.
@@ -119,7 +124,7 @@ def load_config(overrides: dict | None = None) -> dict:
         # Job timeouts that fit the work: a run gets a base plus a time per local record (never 6 h for all);
         # a push its own; a run that finds another in progress comes back after SYNC_WAIT_SECONDS.
         "SYNC_RUN_TIMEOUT_BASE": env_int("SYNC_RUN_TIMEOUT_BASE", 900),
-        "SYNC_SECONDS_PER_RECORD": float(os.environ.get("SYNC_SECONDS_PER_RECORD") or 0.5),
+        "SYNC_SECONDS_PER_RECORD": env_float("SYNC_SECONDS_PER_RECORD", 0.5),
         "SYNC_PUSH_TIMEOUT": env_int("SYNC_PUSH_TIMEOUT", 600),
         "SYNC_WAIT_SECONDS": env_int("SYNC_WAIT_SECONDS", 5),
         # A connection test ends within this, however the CRM answers (its job's timeout is a little longer).
@@ -128,7 +133,7 @@ def load_config(overrides: dict | None = None) -> dict:
         # integration's sync holds (going before the sync's next batches), then says the CRM is busy with the sync.
         "CONNECTION_TEST_SLOT_WAIT": env_int("CONNECTION_TEST_SLOT_WAIT", 20),
         # How long a push waits for one of its CRM's in-flight slots before coming back later (see sync/inflight).
-        "SYNC_PUSH_SLOT_WAIT": float(os.environ.get("SYNC_PUSH_SLOT_WAIT") or 1),
+        "SYNC_PUSH_SLOT_WAIT": env_float("SYNC_PUSH_SLOT_WAIT", 1.0),
         # A push worker keeps an authenticated CRM session (one socket) for this many integrations at most.
         "SYNC_KEPT_GATEWAYS": env_int("SYNC_KEPT_GATEWAYS", 100),
         # How long a writer waits for a record another writer is sending (then leaves it to the next run).

@@ -62,6 +62,28 @@ def test_bad_integer_setting_is_explained(clean_env, monkeypatch):
         load_config()
 
 
+@pytest.mark.parametrize("value", ["0", "-2", "53", "100000"])
+def test_parallel_batches_outside_what_a_crm_takes_is_explained(clean_env, monkeypatch, value):
+    """Dataverse refuses more than 52 requests in flight per user, and a limit of 0 would never send: both are
+    refused at start with the range, not met later as a stalled or throttled run."""
+    monkeypatch.setenv("SYNC_PARALLEL_BATCHES", value)
+    with pytest.raises(RuntimeError, match=r"SYNC_PARALLEL_BATCHES must be from 1 to 52, not '-?\d+'"):
+        load_config()
+
+
+def test_parallel_batches_at_the_ends_of_its_range_is_taken(clean_env, monkeypatch):
+    for value in (1, 52):
+        monkeypatch.setenv("SYNC_PARALLEL_BATCHES", str(value))
+        assert load_config()["SYNC_PARALLEL_BATCHES"] == value
+
+
+@pytest.mark.parametrize("name", ["SYNC_SECONDS_PER_RECORD", "SYNC_PUSH_SLOT_WAIT"])
+def test_bad_seconds_setting_is_explained(clean_env, monkeypatch, name):
+    monkeypatch.setenv(name, "soon")
+    with pytest.raises(RuntimeError, match=f"{name} must be a number, not 'soon'"):
+        load_config()
+
+
 def test_factory_registers_blueprints_and_platform_name(clean_env, monkeypatch):
     monkeypatch.setenv("PLATFORM_NAME", "ChannelHub")
     app = create_app({"SQLALCHEMY_DATABASE_URI": "sqlite://"})
