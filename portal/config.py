@@ -112,8 +112,9 @@ def load_config(overrides: dict | None = None) -> dict:
         "RENDERED_CACHE_BYTES": env_int("RENDERED_CACHE_BYTES", 16_000_000),
         # Request bodies (forms and the JSON API) are small; refuse anything larger than this.
         "MAX_CONTENT_LENGTH": env_int("MAX_CONTENT_LENGTH", 5 * 1024 * 1024),
-        # At most 52: Dataverse's service protection refuses a user's 53rd request in flight (429).
-        "SYNC_PARALLEL_BATCHES": env_int("SYNC_PARALLEL_BATCHES", 2, low=1, high=52),
+        # At most 128: the connector halves its limit once per burst of 429s and a request waits through at most 8
+        # (MAX_THROTTLE_WAITS), so from 128 the limit can come down to 1 within one request's waits.
+        "SYNC_PARALLEL_BATCHES": env_int("SYNC_PARALLEL_BATCHES", 2, low=1, high=128),
         "SYNC_LOCK_SECONDS": env_int("SYNC_LOCK_SECONDS", 90),
         # A batch of n records may take SYNC_BATCH_BASE_SECONDS + n * SYNC_BATCH_RECORD_SECONDS (plug-ins and
         # workflows on the server make large batches slow): 60 s + 0.3 s per record, 6 minutes for 1,000.

@@ -94,6 +94,10 @@ class CsrfOnlyForm(PortalForm):
 # --- Edit Settings: one form per category (G1–G4) ---------------------------------------------------------
 
 WEB_SUFFIX = "/web"
+MISSING_WEB = ("The Organization Web Service URL must end with /web: copy it from Settings > Customizations > "
+               "Developer Resources and append /web.")
+# The most characters a CRM URL field takes (its column's size).
+URL_MAX_LENGTH = 500
 
 
 def choices(pairs) -> list[SelectChoice]:
@@ -116,10 +120,7 @@ def url_problem(url: str, *, must_end_with_web: bool) -> str | None:
     if parts.username or parts.password:
         return "Leave the user name and password out of the URL: they have their own fields."
     if must_end_with_web and not parts.path.rstrip("/").lower().endswith(WEB_SUFFIX):
-        return (
-            "The Organization Web Service URL must end with /web: copy it from Settings > Customizations > "
-            "Developer Resources and append /web."
-        )
+        return MISSING_WEB
     return None
 
 
@@ -149,8 +150,12 @@ class ConnectionForm(PortalForm):
                                  validators=[InputRequired(message="Choose how the portal connects.")])
     username = StringField("CRM username", validators=[Length(max=200)])
     password = PasswordField("CRM password", validators=[Length(max=500)])
-    org_url = URLField("Organization Web Service URL", validators=[Length(max=500)])
-    odata_url = URLField("OData Service URL", validators=[Optional(), Length(max=500)])
+    org_url = URLField("Organization Web Service URL", validators=[Length(max=URL_MAX_LENGTH)],
+                       description="Developer Resources > Organization Service, with /web appended, e.g. "
+                                   "https://crm.example.com/Org/XRMServices/2011/Organization.svc/web")
+    odata_url = URLField("OData Service URL", validators=[Optional(), Length(max=URL_MAX_LENGTH)],
+                         description="Developer Resources > OData endpoint (…/XRMServices/2011/OrganizationData.svc/) "
+                                     "or, from CRM 2016, the Web API (…/api/data/v8.2/).")
     domain = StringField("Domain (NTLM)", validators=[Optional(), Length(max=200)])
     organization_name = StringField("Organization name", validators=[Optional(), Length(max=200)])
     environment_url = URLField("Environment URL", validators=[Length(max=500)])

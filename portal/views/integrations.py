@@ -16,7 +16,17 @@ from .. import jobs_state, lifecycle, page_cache
 from ..access import admin_required, own_integration
 from ..crypto import encrypt
 from ..extensions import db
-from ..forms import AdvancedForm, ConnectionForm, GeneralForm, UsageForm, choices, url_problem
+from ..forms import (
+    MISSING_WEB,
+    URL_MAX_LENGTH,
+    WEB_SUFFIX,
+    AdvancedForm,
+    ConnectionForm,
+    GeneralForm,
+    UsageForm,
+    choices,
+    url_problem,
+)
 from ..models import (
     OWN_INTEGRATION,
     BackgroundJob,
@@ -29,6 +39,7 @@ from ..models import (
     values_text,
 )
 from ..queues import QUEUE_TESTS
+from ..widgets import labelled_field
 from .htmx import fragment, is_htmx, poll, require_csrf
 
 bp = Blueprint("integrations", __name__, url_prefix="/settings/crm")
@@ -396,22 +407,33 @@ def validate_field(integration_id: int, field: str):
     if field not in ("org_url", "odata_url"):
         abort(404)
     value = request.form.get(f"connection-{field}", "").strip()
+    problem = _url_check_problem(field, value)
     appended = False
-    if field == "org_url" and request.form.get("append_web") and value:
-        value = value.rstrip("/") + "/web"
-        appended = True
-    problem = None
-    missing_web = False
-    if value:
-        problem = url_problem(value, must_end_with_web=field == "org_url")
-        missing_web = field == "org_url" and problem is not None and "must end with /web" in problem
-        if problem is None:
-            from ..connection import guard_problem
-
-            problem = guard_problem(value)
+    if problem == MISSING_WEB and request.form.get("append_web"):
+        with_web = value.rstrip("/") + WEB_SUFFIX
+        if len(with_web) > URL_MAX_LENGTH:
+            problem = f"With /web appended the URL would be longer than {URL_MAX_LENGTH} characters: shorten it."
+        else:
+            value, appended = with_web, True
+            problem = _url_check_problem(field, value)
     sent_back = _appended_field(integration.id, value) if appended else None
     return render_template("integrations/_url_feedback.html", field=field, value=value, problem=problem,
-                           missing_web=missing_web, appended=appended, sent_back=sent_back, row=integration)
+                           missing_web=problem == MISSING_WEB, appended=appended, sent_back=sent_back,
+                           row=integration)
+
+
+def _url_check_problem(field: str, value: str) -> str | None:
+    """What the inline check says is wrong with a URL field's value (its length, shape, then address), or None."""
+    if not value:
+        return None
+    if len(value) > URL_MAX_LENGTH:
+        return f"The URL is {len(value):,} characters long, longer than {URL_MAX_LENGTH} characters: shorten it."
+    problem = url_problem(value, must_end_with_web=field == "org_url")
+    if problem is None:
+        from ..connection import guard_problem
+
+        problem = guard_problem(value)
+    return problem
 
 
 def url_check_attrs(integration_id: int, field: str) -> dict[str, str]:
@@ -426,12 +448,13 @@ bp.add_app_template_global(url_check_attrs)
 
 
 def _appended_field(integration_id: int, value: str) -> Markup:
-    """The Organization URL field with /web appended, drawn as the page's own (its limits and its check), already
-    answered for its new value and taking the focus: the button that was pressed is gone."""
+    """The Organization URL field with /web appended, drawn whole as the page draws it (label, help, limits and
+    check; no error of an earlier save), already answered for its new value and taking the focus: the button that
+    was pressed is gone. It replaces the field's wrapper, out of band."""
     form = ConnectionForm(formdata=None, prefix="connection", data={"org_url": value})
-    return form.org_url(**url_check_attrs(integration_id, "org_url"),
-                        **{"hx-swap-oob": "true", "data-validated": value, "data-focus": "",
-                           "aria-describedby": "connection-org_url-help"})
+    drawn = labelled_field(form.org_url, form.org_url.description,
+                           {**url_check_attrs(integration_id, "org_url"), "data-validated": value, "data-focus": ""})
+    return Markup(f'<div id="org_url-wrap" hx-swap-oob="true">{drawn}\n    </div>')  # noqa: S704 - drawn escaped
 
 
 @bp.route("/<int:integration_id>/usage", methods=["POST"])

@@ -205,10 +205,55 @@ def test_the_field_sent_back_by_append_web_is_the_page_s_field(partner_admin, cl
                        data={"connection-org_url": WEB[:-4], "append_web": "1"}, headers=headers)
     drawn = _input_attributes(page, "connection-org_url")
     sent = _input_attributes(resp.text, "connection-org_url")
-    assert sent.pop("value") == WEB and sent.pop("hx-swap-oob") == "true" and sent.pop("data-validated") == WEB
+    assert sent.pop("value") == WEB and sent.pop("data-validated") == WEB
     assert sent.pop("data-focus") == ""
     drawn.pop("value", None)
     assert drawn["maxlength"] == "500" and sent == drawn
+
+
+def test_a_url_longer_than_its_field_takes_is_refused_inline_and_never_grows_past_it(partner_admin, client, auth):
+    """The inline check says when a URL is longer than the field takes (500), and Append /web never makes it so."""
+    iid = partner_admin["integration_id"]
+    headers = {"HX-Request": "true", "X-CSRFToken": auth.token(f"/settings/crm/{iid}/edit")}
+    url = f"/settings/crm/{iid}/validate/org_url"
+    base = "http://127.0.0.1:5555/" + "o" * 200 + "/XRMServices/2011/Organization.svc"
+    near = base + "/" + "p" * (497 - len(base) - 1)
+    assert len(near) == 497
+    resp = client.post(url, data={"connection-org_url": near, "append_web": "1"}, headers=headers)
+    assert "longer than 500 characters" in resp.text and "Appended /web" not in resp.text
+    assert 'id="connection-org_url"' not in resp.text  # the field is left as the user typed it
+    long = near + "/web" + "x" * 100
+    resp = client.post(url, data={"connection-org_url": long}, headers=headers)
+    assert "longer than 500 characters" in resp.text
+    assert len(near[:-10] + "/web") <= 500
+    resp = client.post(url, data={"connection-org_url": near[:-10], "append_web": "1"}, headers=headers)
+    assert "Appended /web" in resp.text and f'value="{near[:-10]}/web"' in resp.text
+
+
+def test_append_web_appends_only_what_is_missing(partner_admin, client, auth):
+    iid = partner_admin["integration_id"]
+    headers = {"HX-Request": "true", "X-CSRFToken": auth.token(f"/settings/crm/{iid}/edit")}
+    resp = client.post(f"/settings/crm/{iid}/validate/org_url", data={"connection-org_url": WEB, "append_web": "1"},
+                       headers=headers)
+    assert "The URL looks right." in resp.text and "/web/web" not in resp.text and "Appended" not in resp.text
+
+
+def test_after_a_refused_save_the_appended_field_says_it_is_valid_now(partner_admin, client, auth):
+    """A save refused for the missing /web marks the field invalid and says why under it; Append /web sends the
+    whole field back (label, help, no error), so neither the error text nor aria-invalid outlives the mend."""
+    iid = partner_admin["integration_id"]
+    refused = post(client, auth, iid, "connection", {"username": "crmadmin", "password": "Pass-1234",
+                                                     "org_url": WEB[:-4], "action": "save"})
+    assert refused.status_code == 422
+    page_field = _input_attributes(refused.text, "connection-org_url")
+    assert page_field["aria-invalid"] == "true" and "connection-org_url-error-1" in page_field["aria-describedby"]
+    headers = {"HX-Request": "true", "X-CSRFToken": auth.token(f"/settings/crm/{iid}/edit")}
+    resp = client.post(f"/settings/crm/{iid}/validate/org_url",
+                       data={"connection-org_url": WEB[:-4], "append_web": "1"}, headers=headers)
+    sent = _input_attributes(resp.text, "connection-org_url")
+    assert "aria-invalid" not in sent and sent["aria-describedby"] == "connection-org_url-help"
+    assert 'id="org_url-wrap" hx-swap-oob="true"' in resp.text and "connection-org_url-error-1" not in resp.text
+    assert '<label for="connection-org_url">Organization Web Service URL</label>' in resp.text
 
 
 def test_saving_changed_connection_switches_off_until_tested(partner_admin, client, auth, app):

@@ -84,6 +84,19 @@ def test_same_markup_as_wtforms(form_class, posted):
     assert after.hits - before.hits >= prepared
 
 
+def test_what_the_user_typed_never_keys_the_prepared_attributes():
+    """A value, or the value a field was last checked for, comes with each request: drawn per call, never kept, so
+    posting ever new values grows nothing (only the page's fixed attributes are prepared once)."""
+    form = forms.ConnectionForm(formdata=None, prefix="connection", meta={"csrf": False})
+    form.org_url(**{"data-validated": "first", "hx-post": "/x"})
+    before = _prepared.cache_info().currsize
+    for n in range(50):
+        typed = f"https://crm{n}.example/Org/XRMServices/2011/Organization.svc/web"
+        drawn = str(form.org_url(value=typed, **{"data-validated": typed, "hx-post": "/x"}))
+        assert f'value="{typed}"' in drawn and f'data-validated="{typed}"' in drawn
+    assert _prepared.cache_info().currsize == before
+
+
 def test_values_are_escaped():
     """A value with quotes, <, > and & cannot leave its attribute; control characters stay inside the quotes."""
     form = forms.TokenForm(formdata=MultiDict({"name": HOSTILE}), meta={"csrf": False})
