@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from flask_wtf import FlaskForm
 from wtforms import (
@@ -103,6 +103,12 @@ URL_MAX_LENGTH = 500
 def choices(pairs) -> list[SelectChoice]:
     """WTForms choices from (value, label) pairs."""
     return [SelectChoice(value, label) for value, label in pairs]
+
+
+def with_web_appended(url: str) -> str:
+    """The URL with /web appended to its path (a query or fragment stays after it)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/") + WEB_SUFFIX))
 
 
 def url_problem(url: str, *, must_end_with_web: bool) -> str | None:

@@ -19,13 +19,13 @@ from ..extensions import db
 from ..forms import (
     MISSING_WEB,
     URL_MAX_LENGTH,
-    WEB_SUFFIX,
     AdvancedForm,
     ConnectionForm,
     GeneralForm,
     UsageForm,
     choices,
     url_problem,
+    with_web_appended,
 )
 from ..models import (
     OWN_INTEGRATION,
@@ -410,7 +410,7 @@ def validate_field(integration_id: int, field: str):
     problem = _url_check_problem(field, value)
     appended = False
     if problem == MISSING_WEB and request.form.get("append_web"):
-        with_web = value.rstrip("/") + WEB_SUFFIX
+        with_web = with_web_appended(value)
         if len(with_web) > URL_MAX_LENGTH:
             problem = f"With /web appended the URL would be longer than {URL_MAX_LENGTH} characters: shorten it."
         else:
@@ -438,10 +438,11 @@ def _url_check_problem(field: str, value: str) -> str | None:
 
 def url_check_attrs(integration_id: int, field: str) -> dict[str, str]:
     """A URL field's inline check: asked as the user types or leaves it, once per value; a new check cuts short the
-    one still on its way (hx-sync replace), so an answer for an earlier value never lands under a later one."""
+    one still on its way (hx-sync replace), so an answer for an earlier value never lands under a later one. It
+    posts the field alone (hx-params), not its form: a password typed above it stays in the browser until Save."""
     return {"hx-post": url_for("integrations.validate_field", integration_id=integration_id, field=field),
             "hx-trigger": "keyup changed delay:500ms, change", "hx-sync": "this:replace", "data-validate-once": "",
-            "hx-target": f"#{field}-feedback", "hx-swap": "outerHTML"}
+            "hx-target": f"#{field}-feedback", "hx-swap": "outerHTML", "hx-params": f"connection-{field}"}
 
 
 bp.add_app_template_global(url_check_attrs)

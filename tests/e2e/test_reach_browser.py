@@ -4,6 +4,7 @@ pages without JavaScript and static files (issue 13, items 1-5 and 12)."""
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qs
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -330,6 +331,31 @@ def test_the_org_url_is_validated_once_per_value(page: Page, stack: LiveStack):
     typed = [p for p in posts if "append_web" not in p]
     assert len(typed) == 1, posts
     assert len(posts) == 2, posts
+
+
+def test_the_url_checks_send_their_own_field_and_never_the_typed_password(page: Page, stack: LiveStack):
+    """A URL's inline check (and Append /web) posts the URL alone: the password typed above it in the same form stays
+    in the browser until Save, whatever the check's endpoint does with what it is sent."""
+    open_edit(page, stack)
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(r.post_data or "") if "/validate/" in r.url else None)
+    connection = page.locator("#connection")
+    connection.get_by_label("CRM password").fill("Typed-Secret-42")
+    org_url = connection.get_by_label("Organization Web Service URL")
+    org_url.fill(stack.crm.org_url.removesuffix("/web"))
+    org_url.press("Tab")
+    append = append_web_button(page)
+    append.focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#org_url-feedback [data-ok]")).to_contain_text("Appended /web")
+    odata = connection.get_by_label("OData Service URL")
+    odata.fill("http://127.0.0.1:1/XRMServices/2011/OrganizationData.svc/")
+    odata.press("Tab")
+    expect(page.locator("#odata_url-feedback [data-ok], #odata_url-feedback [data-problem]")).to_have_count(1)
+    assert len(posts) >= 3, posts
+    assert not [p for p in posts if "Typed-Secret-42" in p], posts
+    assert [sorted(k for k in parse_qs(p)) for p in posts] == [
+        ["connection-org_url"], ["append_web", "connection-org_url"], ["connection-odata_url"]], posts
 
 
 # Every request to validate the Organization Web Service URL (the field's and the Append /web button's), with the

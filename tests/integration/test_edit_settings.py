@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -230,12 +231,26 @@ def test_a_url_longer_than_its_field_takes_is_refused_inline_and_never_grows_pas
     assert "Appended /web" in resp.text and f'value="{near[:-10]}/web"' in resp.text
 
 
-def test_append_web_appends_only_what_is_missing(partner_admin, client, auth):
+def test_append_web_appends_only_what_is_missing_and_to_the_path(partner_admin, client, auth):
+    """A URL that has /web is left as it is; /web goes on the path, before a query or fragment (appended after
+    them it mended nothing, and each press added another)."""
     iid = partner_admin["integration_id"]
     headers = {"HX-Request": "true", "X-CSRFToken": auth.token(f"/settings/crm/{iid}/edit")}
-    resp = client.post(f"/settings/crm/{iid}/validate/org_url", data={"connection-org_url": WEB, "append_web": "1"},
-                       headers=headers)
+    url = f"/settings/crm/{iid}/validate/org_url"
+    resp = client.post(url, data={"connection-org_url": WEB, "append_web": "1"}, headers=headers)
     assert "The URL looks right." in resp.text and "/web/web" not in resp.text and "Appended" not in resp.text
+    resp = client.post(url, data={"connection-org_url": WEB[:-4] + "/?x=1#part", "append_web": "1"}, headers=headers)
+    assert f'value="{WEB}?x=1#part"' in resp.text and "Appended /web. Save to keep it." in resp.text
+
+
+def test_a_problem_found_once_web_is_appended_says_it_was_appended(partner_admin, client, auth):
+    """The field's value changed: the one message read out says so before the problem that is left."""
+    iid = partner_admin["integration_id"]
+    headers = {"HX-Request": "true", "X-CSRFToken": auth.token(f"/settings/crm/{iid}/edit")}
+    resp = client.post(f"/settings/crm/{iid}/validate/org_url",
+                       data={"connection-org_url": "http://10.0.0.1/x", "append_web": "1"}, headers=headers)
+    assert 'value="http://10.0.0.1/x/web"' in resp.text
+    assert re.search(r"data-problem data-announce>Appended /web\. \S", resp.text), resp.text
 
 
 def test_after_a_refused_save_the_appended_field_says_it_is_valid_now(partner_admin, client, auth):
