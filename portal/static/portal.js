@@ -102,6 +102,21 @@
     }
   });
 
+  // Append /web answered after the user typed on in the field (within the pause before the field's own check, which
+  // would have cut it short): the answer is for an older value, so neither the field nor its feedback is replaced.
+  const appendAsked = new WeakMap();
+  document.addEventListener("htmx:beforeRequest", function (event) {
+    const field = document.getElementById("connection-org_url");
+    if (event.detail.xhr && field && event.detail.elt.matches && event.detail.elt.matches("[data-append-web]")) {
+      appendAsked.set(event.detail.xhr, field.value);
+    }
+  });
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    const asked = event.detail.xhr ? appendAsked.get(event.detail.xhr) : undefined;
+    const field = document.getElementById("connection-org_url");
+    if (asked !== undefined && field && field.value !== asked) event.detail.shouldSwap = false;
+  });
+
   document.addEventListener("htmx:afterSettle", function (event) {
     // A section answered 422 still holds edits that are not saved.
     const xhr = event.detail.xhr;

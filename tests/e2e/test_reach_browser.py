@@ -460,6 +460,41 @@ def test_a_check_cut_short_by_append_web_is_asked_again(page: Page, stack: LiveS
     expect(page.locator("#org_url-feedback [data-problem]")).to_contain_text("must end with /web")
 
 
+def test_typing_while_append_web_is_on_its_way_keeps_what_was_typed(page: Page, stack: LiveStack):
+    """Append /web's answer arriving after the user typed on (before the field's own check goes) replaces neither the
+    field nor its feedback: the typed value stays, and its own check answers for it."""
+    open_edit(page, stack)
+    org_url = page.locator("#connection").get_by_label("Organization Web Service URL")
+    wrong = stack.crm.org_url.removesuffix("/web")
+    org_url.press_sequentially(wrong)
+    append = append_web_button(page)
+    expect(append).to_be_visible()
+    page.evaluate(WATCH_ORG_URL_CHECKS)
+    held: list = []
+
+    def hold_append(route):
+        """Append /web waits, as on a slow server, until the test lets it go; the field's checks go straight on."""
+        if "append_web" in (route.request.post_data or ""):
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route("**/validate/org_url", hold_append)
+    append.focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => window.__checks.length === 1")  # Append /web is on its way
+    org_url.focus()
+    org_url.press("End")
+    org_url.press("x")
+    held[0].continue_()  # answered at once, before the field's check (after a 500 ms pause) goes
+    page.wait_for_function(ALL_CHECKS_ENDED, arg=2)
+    expect(org_url).to_have_value(wrong + "x")
+    expect(page.locator("#org_url-feedback [data-problem]")).to_contain_text("must end with /web")
+    expect(page.locator("#org_url-feedback")).not_to_contain_text("Appended")
+    checks = page.evaluate("() => window.__checks")
+    assert checks[-1] == {"by": "connection-org_url", "value": wrong + "x", "end": "answered"}, checks
+
+
 def test_a_check_answered_with_an_error_is_asked_again(page: Page, stack: LiveStack):
     failed: list = []
 
