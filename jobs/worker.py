@@ -15,6 +15,7 @@ import threading
 from rq import Queue, SimpleWorker
 from rq.scheduler import RQScheduler
 from rq.timeouts import JobTimeoutException, UnixSignalDeathPenalty
+from rq.worker_pool import WorkerPool
 
 from portal.sync import TimeLimitReached
 
@@ -23,6 +24,10 @@ from .context import app
 log = logging.getLogger(__name__)
 
 SCHEDULER_INTERVAL = 1  # seconds between looks at the scheduled jobs
+# Held by the scheduler thread through each look, and by a pool while it forks a worker: a forked child has only the
+# forking thread, so a lock another thread held at the fork (an import's, while the scheduler imported something)
+# stays held in the child for ever, and the worker hangs before it takes a job.
+SCHEDULER_TICK = threading.Lock()
 
 
 class JobTimeLimit(TimeLimitReached, JobTimeoutException):
@@ -68,6 +73,15 @@ class PortalWorker(SimpleWorker):
         return super().work(burst, *args, with_scheduler=with_scheduler and burst, **kwargs)
 
 
+class PortalWorkerPool(WorkerPool):
+    """RQ's pool of worker processes, forking each worker only between the scheduler thread's looks."""
+
+    def start_worker(self, *args, **kwargs):
+        """Fork one worker while the scheduler thread holds no lock (see ``SCHEDULER_TICK``)."""
+        with SCHEDULER_TICK:
+            return super().start_worker(*args, **kwargs)
+
+
 class PoolWorker(PortalWorker):
     """A worker of a pool: the pool's parent process runs the scheduler for all of them."""
 
@@ -85,14 +99,15 @@ def run_scheduler(connection, queue_names: list[str], stop: threading.Event) -> 
 
     def loop() -> None:
         while not stop.is_set():
-            try:
-                if scheduler.should_reacquire_locks:
-                    scheduler.acquire_locks()
-                if scheduler.acquired_locks:
-                    scheduler.heartbeat()
-                    scheduler.enqueue_scheduled_jobs()
-            except Exception:  # noqa: BLE001 - a Redis hiccup: try again next tick
-                log.exception("scheduler tick failed")
+            with SCHEDULER_TICK:
+                try:
+                    if scheduler.should_reacquire_locks:
+                        scheduler.acquire_locks()
+                    if scheduler.acquired_locks:
+                        scheduler.heartbeat()
+                        scheduler.enqueue_scheduled_jobs()
+                except Exception:  # noqa: BLE001 - a Redis hiccup: try again next tick
+                    log.exception("scheduler tick failed")
             stop.wait(SCHEDULER_INTERVAL)
         scheduler.release_locks()
 
@@ -132,9 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         run_scheduler(conn, queues.ALL_QUEUES, stop)  # every queue's scheduled jobs, whichever queues are worked
     try:
         if args.processes > 1:
-            from rq.worker_pool import WorkerPool
-
-            pool = WorkerPool(names, connection=conn, num_workers=args.processes, worker_class=PoolWorker)
+            pool = PortalWorkerPool(names, connection=conn, num_workers=args.processes, worker_class=PoolWorker)
             pool.start(burst=args.burst, logging_level="INFO")
         else:
             worker = PortalWorker([Queue(n, connection=conn) for n in names], connection=conn)

@@ -6,7 +6,7 @@ from portal import queues
 from portal.extensions import db
 from portal.models import BackgroundJob, JobStatus
 
-from .sync_helpers import start_worker, stop_worker
+from .sync_helpers import start_worker, stop_worker, wait_for
 
 
 def test_a_failed_job_does_not_poison_the_next_one(app, tmp_path):
@@ -58,7 +58,13 @@ def test_a_pool_of_workers_shares_the_queues_and_one_scheduler(app, tmp_path):
                 db.session.rollback()
                 return rows if all(r.status == JobStatus.finished for r in rows) else []
 
-        rows = wait_for(finished, 60, "every job to finish")
+        try:
+            rows = wait_for(finished, 60, "every job to finish")
+        except AssertionError as exc:
+            with app.app_context():
+                states = {i[-1]: (str(db.session.get(BackgroundJob, i).status), q.fetch_job(i) and
+                                  q.fetch_job(i).get_status()) for i in ids}
+            raise AssertionError(f"{exc}: {states}\n{(tmp_path / 'pool.log').read_text()}") from None
     finally:
         stop_worker(pool)
     pids = {json.loads(r.result_json)["pid"] for r in rows}
@@ -66,6 +72,59 @@ def test_a_pool_of_workers_shares_the_queues_and_one_scheduler(app, tmp_path):
     log = (tmp_path / "pool.log").read_text()
     # The parent schedules every queue, once; the workers do not schedule at all.
     assert log.count("Acquired scheduler lock") == len(queues.ALL_QUEUES), log
+
+
+def test_a_pool_forks_a_worker_only_between_the_scheduler_s_looks(redis_url, monkeypatch):
+    """A forked worker has only the thread that forked it: a lock the scheduler thread held at that moment (an
+    import's, mid-look) stays held in the worker for ever, and it hangs before its first job (seen: both workers of
+    a pool stuck in the import lock). So the pool forks only while no look is under way."""
+    import sys
+    import threading
+
+    from redis import Redis
+    from rq.scheduler import RQScheduler
+    from rq.worker_pool import WorkerPool
+
+    from jobs import worker
+
+    looking, look_may_end = threading.Event(), threading.Event()
+    forked_mid_look: list[bool] = []
+
+    def slow_look(self):
+        """A look at the scheduled jobs that takes until the test lets it end."""
+        looking.set()
+        look_may_end.wait(30)
+
+    def fork_recorded(self, *args, **kwargs):
+        """Instead of forking: whether a look was under way when the pool forked."""
+        forked_mid_look.append(looking.is_set() and not look_may_end.is_set())
+
+    monkeypatch.setattr(RQScheduler, "enqueue_scheduled_jobs", slow_look)
+    monkeypatch.setattr(WorkerPool, "start_worker", fork_recorded)
+    conn = Redis.from_url(redis_url)
+    stop = threading.Event()
+    scheduler = worker.run_scheduler(conn, [queues.QUEUE_DEFAULT], stop)
+    try:
+        assert looking.wait(30), "the scheduler never looked"
+        pool = worker.PortalWorkerPool([queues.QUEUE_DEFAULT], connection=conn, num_workers=1,
+                                       worker_class=worker.PoolWorker)
+        forking = threading.Thread(target=pool.start_worker)
+        forking.start()
+
+        def waiting_or_done() -> bool:
+            frame = sys._current_frames().get(forking.ident)
+            return not forking.is_alive() or (frame is not None and frame.f_code.co_name == "start_worker")
+
+        wait_for(waiting_or_done, 10, "the pool to fork or to wait for the look")
+        look_may_end.set()
+        forking.join(10)
+        assert forked_mid_look == [False]
+    finally:
+        look_may_end.set()
+        stop.set()
+        scheduler.join(10)
+        conn.flushdb()
+        conn.close()
 
 
 def test_a_run_past_its_time_limit_frees_the_worker_and_the_integration(app, connected, tmp_path):
