@@ -28,6 +28,8 @@ SCHEDULER_INTERVAL = 1  # seconds between looks at the scheduled jobs
 # forking thread, so a lock another thread held at the fork (an import's, while the scheduler imported something)
 # stays held in the child for ever, and the worker hangs before it takes a job.
 SCHEDULER_TICK = threading.Lock()
+FORK_WAIT = 1.0  # seconds a pool waits for a look to end before it leaves a worker to its next check
+SCHEDULER_STOP_WAIT = 15  # seconds a stopping worker waits for the scheduler's last look and its locks' release
 
 
 class JobTimeLimit(TimeLimitReached, JobTimeoutException):
@@ -77,9 +79,19 @@ class PortalWorkerPool(WorkerPool):
     """RQ's pool of worker processes, forking each worker only between the scheduler thread's looks."""
 
     def start_worker(self, *args, **kwargs):
-        """Fork one worker while the scheduler thread holds no lock (see ``SCHEDULER_TICK``)."""
-        with SCHEDULER_TICK:
+        """Fork one worker while the scheduler thread holds no lock (see ``SCHEDULER_TICK``).
+
+        A look that outlasts ``FORK_WAIT`` (Redis slow to answer) leaves the worker to the pool's next check, a
+        second later; a pool told to stop while it waited forks nothing (the stop reached only the live workers).
+        """
+        if not SCHEDULER_TICK.acquire(timeout=FORK_WAIT):
+            return None
+        try:
+            if self.status == self.Status.STOPPED:
+                return None
             return super().start_worker(*args, **kwargs)
+        finally:
+            SCHEDULER_TICK.release()
 
 
 class PoolWorker(PortalWorker):
@@ -109,7 +121,10 @@ def run_scheduler(connection, queue_names: list[str], stop: threading.Event) -> 
                 except Exception:  # noqa: BLE001 - a Redis hiccup: try again next tick
                     log.exception("scheduler tick failed")
             stop.wait(SCHEDULER_INTERVAL)
-        scheduler.release_locks()
+        try:
+            scheduler.release_locks()
+        except Exception:  # noqa: BLE001 - Redis gone: the locks expire by themselves
+            log.exception("could not release the scheduler's locks")
 
     thread = threading.Thread(target=loop, name="rq-scheduler", daemon=True)
     thread.start()
@@ -143,8 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         db.engine.dispose()  # no connection is carried into the pool's forked workers
 
     stop = threading.Event()
+    scheduler = None
     if not args.no_scheduler and not args.burst:
-        run_scheduler(conn, queues.ALL_QUEUES, stop)  # every queue's scheduled jobs, whichever queues are worked
+        scheduler = run_scheduler(conn, queues.ALL_QUEUES, stop)  # every queue's scheduled jobs, whichever queues
     try:
         if args.processes > 1:
             pool = PortalWorkerPool(names, connection=conn, num_workers=args.processes, worker_class=PoolWorker)
@@ -154,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
             worker.work(burst=args.burst, with_scheduler=not args.no_scheduler, logging_level="INFO")
     finally:
         stop.set()
+        if scheduler is not None:  # its locks released now, so another machine's scheduler takes over at once
+            scheduler.join(SCHEDULER_STOP_WAIT)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from portal import queues
 from portal.extensions import db
 from portal.models import BackgroundJob, JobStatus
 
-from .sync_helpers import start_worker, stop_worker, wait_for
+from .sync_helpers import start_worker, stop_worker
 
 
 def test_a_failed_job_does_not_poison_the_next_one(app, tmp_path):
@@ -77,8 +77,8 @@ def test_a_pool_of_workers_shares_the_queues_and_one_scheduler(app, tmp_path):
 def test_a_pool_forks_a_worker_only_between_the_scheduler_s_looks(redis_url, monkeypatch):
     """A forked worker has only the thread that forked it: a lock the scheduler thread held at that moment (an
     import's, mid-look) stays held in the worker for ever, and it hangs before its first job (seen: both workers of
-    a pool stuck in the import lock). So the pool forks only while no look is under way."""
-    import sys
+    a pool stuck in the import lock). So the pool forks only while no look is under way: during a long look it
+    leaves the worker to its next check, and a pool told to stop forks nothing."""
     import threading
 
     from redis import Redis
@@ -110,21 +110,38 @@ def test_a_pool_forks_a_worker_only_between_the_scheduler_s_looks(redis_url, mon
                                        worker_class=worker.PoolWorker)
         forking = threading.Thread(target=pool.start_worker)
         forking.start()
-
-        def waiting_or_done() -> bool:
-            frame = sys._current_frames().get(forking.ident)
-            return not forking.is_alive() or (frame is not None and frame.f_code.co_name == "start_worker")
-
-        wait_for(waiting_or_done, 10, "the pool to fork or to wait for the look")
+        forking.join(worker.FORK_WAIT + 30)
+        assert not forking.is_alive() and forked_mid_look == []  # waited for the look, then left it to the next
         look_may_end.set()
-        forking.join(10)
+        pool.start_worker()
+        assert forked_mid_look == [False]
+        pool.status = pool.Status.STOPPED
+        pool.start_worker()
         assert forked_mid_look == [False]
     finally:
         look_may_end.set()
         stop.set()
-        scheduler.join(10)
+        scheduler.join(30)
         conn.flushdb()
         conn.close()
+
+
+def test_a_stopped_worker_gives_up_its_scheduler_locks_at_once(app, tmp_path):
+    """Another machine's scheduler takes over as soon as a worker stops, not once the locks expire a minute later."""
+    from .sync_helpers import wait_for
+
+    with app.app_context():
+        conn = queues.redis()
+    lock = f"rq:scheduler-lock:{queues.QUEUE_DEFAULT}"
+    proc = start_worker(app, tmp_path / "worker.log", "--queues", queues.QUEUE_DEFAULT)
+    try:
+        wait_for(lambda: conn.exists(lock), 30, "the scheduler to take its lock")
+        proc.terminate()
+        proc.wait(30)
+        log = (tmp_path / "worker.log").read_text()
+        assert not conn.exists(lock), log
+    finally:
+        stop_worker(proc)
 
 
 def test_a_run_past_its_time_limit_frees_the_worker_and_the_integration(app, connected, tmp_path):
