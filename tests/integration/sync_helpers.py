@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -169,24 +171,33 @@ def worker_env(app) -> dict:
 def start_worker(app, log_path: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     """``python -m jobs.worker`` as a real process, its output in ``log_path``."""
     log = open(log_path, "ab")  # noqa: SIM115 - closed by the caller through stop_worker
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.worker", *args], cwd=ROOT,
+    # A session of its own: a kill reaches the workers a pool forked, which would otherwise go on taking jobs.
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.worker", *args], cwd=ROOT, start_new_session=True,
                             env={**worker_env(app), **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
     proc.log_file = log  # type: ignore[attr-defined]
     return proc
 
 
 def stop_worker(proc: subprocess.Popen, kill: bool = False) -> None:
+    """Stop a worker started by ``start_worker`` (SIGTERM, its warm shutdown) or kill it, with every process it
+    forked; one that does not stop within 15 s is killed."""
     if proc.poll() is None:
         if kill:
-            proc.kill()
+            _kill_group(proc)
         else:
             proc.terminate()
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _kill_group(proc)
             proc.wait()
     proc.log_file.close()  # type: ignore[attr-defined]
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL to the worker and the workers it forked (its own session's group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def steps_of(run: dict) -> dict:
