@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         db.engine.dispose()  # no connection is carried into the pool's forked workers
 
     stop = threading.Event()
-    scheduler = None
-    if not args.no_scheduler and not args.burst:
-        scheduler = run_scheduler(conn, queues.ALL_QUEUES, stop)  # every queue's scheduled jobs, whichever queues
+    scheduler_thread = None
+    if not args.no_scheduler and not args.burst:  # every queue's scheduled jobs, whichever queues are worked
+        scheduler_thread = run_scheduler(conn, queues.ALL_QUEUES, stop)
     try:
         if args.processes > 1:
             pool = PortalWorkerPool(names, connection=conn, num_workers=args.processes, worker_class=PoolWorker)
@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
             worker.work(burst=args.burst, with_scheduler=not args.no_scheduler, logging_level="INFO")
     finally:
         stop.set()
-        if scheduler is not None:  # its locks released now, so another machine's scheduler takes over at once
-            scheduler.join(SCHEDULER_STOP_WAIT)
+        if scheduler_thread is not None:  # its locks released now: another machine's scheduler takes over at once
+            scheduler_thread.join(SCHEDULER_STOP_WAIT)
 
 
 if __name__ == "__main__":

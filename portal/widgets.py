@@ -26,8 +26,8 @@ _QUOTE = '"'
 # Values whose equality means the same drawing, given their type: only these key the prepared attributes. Others
 # can be equal yet drawn apart (-0.0 and 0.0, Decimal("1.0") and Decimal("1.00"), (True,) and (1,)): drawn per call.
 _KEYABLE = {str, Markup, int, bool, type(None)}
-# Attributes that hold what a user typed (besides the value): each request's own, so never prepared.
-_TYPED = ("data-validated",)
+# Attributes that hold what a user typed: each request's own, so never prepared.
+_TYPED = ("value", "data-validated")
 
 
 def attribute(key: str, value: Any) -> str | None:
@@ -46,7 +46,7 @@ def _prepared(static: tuple[tuple[str, type, Any], ...], slots: tuple[str, ...])
 
     Each value comes with its type: Markup("<i>") equals "<i>" and True equals 1, but they are drawn differently.
     Bounded: a field's fixed attributes change with the page (an integration's id in a URL), not per request; what
-    a user typed (the value, ``_TYPED``) is never among them.
+    a user typed (``_TYPED``) is never among them.
     """
     order = sorted([(key, attribute(key, value)) for key, _type, value in static] + [(key, (key,)) for key in slots])
     return tuple(drawn for _key, drawn in order if drawn is not None)
@@ -66,7 +66,7 @@ def draw_input(field: Any, render_kw: dict[str, Any]) -> Markup:
         dynamic["checked"] = True
     kwargs.setdefault("id", field.id)
     kwargs.setdefault("type", widget.input_type)
-    dynamic["value"] = kwargs.pop("value") if "value" in kwargs else field._value()
+    dynamic["value"] = field._value()
     # What the user typed comes with each request: drawn per call, never a key of the prepared attributes.
     for key in _TYPED:
         if key in kwargs:

@@ -452,7 +452,7 @@ def _appended_field(integration_id: int, value: str) -> Markup:
     """The Organization URL field with /web appended, drawn whole as the page draws it (label, help, limits and
     check; no error of an earlier save), already answered for its new value and taking the focus: the button that
     was pressed is gone. It replaces the field's wrapper, out of band."""
-    form = ConnectionForm(formdata=None, prefix="connection", data={"org_url": value})
+    form = ConnectionForm(formdata=None, prefix="connection", data={"org_url": value}, meta={"csrf": False})
     drawn = labelled_field(form.org_url, form.org_url.description,
                            {**url_check_attrs(integration_id, "org_url"), "data-validated": value, "data-focus": ""})
     return Markup(f'<div id="org_url-wrap" hx-swap-oob="true">{drawn}\n    </div>')  # noqa: S704 - drawn escaped
